@@ -1,0 +1,151 @@
+"""One run's settings: every knob of the SJC optimiser, with the reference implementation's defaults.
+
+Defaults follow pals-ttic/sjc at commit 509138a (see DESIGN.md section 3) for Stable Diffusion.
+A model may carry its own recommended settings (the embedded model does, in its ``sjc_model.json``);
+:func:`SJCConfig.for_model` applies them under the caller's explicit overrides.
+
+This module imports no torch so that the service's API can validate settings without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+SigmaSchedule = Literal["random", "annealed"]
+
+
+@dataclass
+class SJCConfig:
+    """Settings of one SJC run.
+
+    Args:
+        prompt: the text prompt (without view prefix; the loop adds "front view of" etc.).
+        model: ``"embedded"`` (the shipped default), a catalog name, or a local path to a diffusers
+            folder or a single ``.safetensors``/``.ckpt`` file.
+        seed: seeds torch, numpy and Python's ``random``; a run is reproducible on CPU.
+        steps: optimiser steps (reference: 10,000).
+        grid_size: voxels per side of the density and feature grids (reference: 100).
+        bbox: half-size of the scene box ``[-bbox, bbox]^3`` (reference: 1.0).
+        render_size: rendered image side in pixels (64 = SD latent size; 32 for the embedded model).
+        step_ratio: ray-march step as a fraction of the voxel size (reference: 0.5).
+        density_shift: added to the raw density before softplus (reference: -1.0).
+        cam_radius: camera distance from the origin (reference: 1.5).
+        elev_range_deg: elevation range in degrees, sampled area-uniformly (reference: about -6 to 90).
+        fov_range_deg: vertical field of view range in degrees, uniform (reference: 40 to 70).
+        test_fov_deg: field of view of turntable renders (reference: 60).
+        view_prompts: prefix prompts with "front view of", "overhead view of", ...
+        guidance_scale: classifier-free guidance scale (reference: 100 for 3D).
+        sigma_schedule: ``"random"`` (uniform over the model's timestep ticks in range) or
+            ``"annealed"`` (from sigma_max down to sigma_min over the run).
+        tick_trim: ticks dropped from the low and high end of the model's timestep table
+            when sigma_min/sigma_max are not given (reference: ``[30:-10]``).
+        sigma_min, sigma_max: explicit sigma range; ``None`` uses the trimmed tick table.
+        n_noise: PAAS noise samples averaged per step (reference: 1).
+        var_red: the reference's variance-reduced gradient ``(D - y)/sigma`` (True) or ``(D - z)/sigma``.
+        lr: Adamax learning rate of the grids (reference: 0.05).
+        bg_lr: learning rate of the background texture (reference: 1e-4).
+        emptiness_scale: beta in ``log(1 + beta * w)`` (reference: 10).
+        emptiness_weight: emptiness loss weight in the first stage (reference: 1e4).
+        emptiness_multiplier: factor on the weight in the second stage (reference: 20).
+        emptiness_step: fraction of the run after which the second stage starts (reference: 0.5).
+        center_depth_weight: weight of the center-depth loss; 0 disables it (reference: off).
+        preview_every: steps between preview images passed to callbacks (0: never).
+        checkpoint_every: steps between checkpoint callbacks (0: never).
+        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+        half: fp16 denoiser on CUDA.
+        mesh_threshold: density above which a voxel counts as occupied for the mesh and IoU.
+        video_frames: frames of the turntable video.
+    """
+
+    prompt: str = ""
+    model: str = "embedded"
+    seed: int = 0
+    steps: int = 10_000
+    grid_size: int = 100
+    bbox: float = 1.0
+    render_size: int = 64
+    step_ratio: float = 0.5
+    density_shift: float = -1.0
+    cam_radius: float = 1.5
+    elev_range_deg: tuple[float, float] = (-6.0, 90.0)
+    fov_range_deg: tuple[float, float] = (40.0, 70.0)
+    test_fov_deg: float = 60.0
+    view_prompts: bool = True
+    guidance_scale: float = 100.0
+    sigma_schedule: SigmaSchedule = "random"
+    tick_trim: tuple[int, int] = (30, 10)
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    n_noise: int = 1
+    var_red: bool = True
+    lr: float = 0.05
+    bg_lr: float = 1e-4
+    emptiness_scale: float = 10.0
+    emptiness_weight: float = 1e4
+    emptiness_multiplier: float = 20.0
+    emptiness_step: float = 0.5
+    center_depth_weight: float = 0.0
+    preview_every: int = 100
+    checkpoint_every: int = 500
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    half: bool = True
+    mesh_threshold: float = 1.0
+    video_frames: int = 60
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.elev_range_deg = tuple(self.elev_range_deg)  # type: ignore[assignment]
+        self.fov_range_deg = tuple(self.fov_range_deg)  # type: ignore[assignment]
+        self.tick_trim = tuple(self.tick_trim)  # type: ignore[assignment]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first setting that is out of range."""
+        checks: list[tuple[str, bool]] = [
+            ("steps", self.steps >= 1),
+            ("grid_size", 4 <= self.grid_size <= 512),
+            ("bbox", self.bbox > 0),
+            ("render_size", 8 <= self.render_size <= 512),
+            ("step_ratio", 0 < self.step_ratio <= 4),
+            ("cam_radius", self.cam_radius > 0),
+            ("elev_range_deg", -90 <= self.elev_range_deg[0] <= self.elev_range_deg[1] <= 90),
+            ("fov_range_deg", 1 <= self.fov_range_deg[0] <= self.fov_range_deg[1] < 180),
+            ("guidance_scale", self.guidance_scale >= 0),
+            ("sigma_schedule", self.sigma_schedule in ("random", "annealed")),
+            ("n_noise", self.n_noise >= 1),
+            ("lr", self.lr > 0),
+            ("emptiness_step", 0 <= self.emptiness_step <= 1),
+            ("video_frames", self.video_frames >= 1),
+            ("device", self.device in ("auto", "cpu", "cuda")),
+        ]
+        if self.sigma_min is not None and self.sigma_max is not None:
+            checks.append(("sigma_min", 0 < self.sigma_min < self.sigma_max))
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f"SJCConfig.{name} is out of range: {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("elev_range_deg", "fov_range_deg", "tick_trim"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SJCConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown SJCConfig settings: {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def for_model(cls, model_defaults: dict[str, Any], **overrides: Any) -> "SJCConfig":
+        """Reference defaults, then the model's recommended settings, then the caller's overrides.
+
+        ``None`` values in ``overrides`` mean "not given" and are skipped.
+        """
+        merged: dict[str, Any] = dict(model_defaults)
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(merged)
