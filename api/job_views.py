@@ -1,0 +1,38 @@
+"""What the API returns for a job: the stored record plus its queue position and links."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from sjc_service.jobs import JobStore
+from sjc_service.schemas import JobRecord, JobStatus
+
+
+class JobOut(JobRecord):
+    """A job as ``GET /v1/jobs/{id}`` shows it.
+
+    Attributes:
+        queue_position: jobs ahead of this one in the queue (0: next); ``None`` unless queued.
+        links: ``self``, ``events`` (SSE), ``artifacts`` and ``cancel`` URLs (paths).
+    """
+
+    queue_position: int | None = None
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class JobPage(BaseModel):
+    """One page of ``GET /v1/jobs``, newest first; pass ``next_cursor`` as ``cursor`` for the next."""
+
+    items: list[JobOut]
+    next_cursor: str | None = None
+
+
+def job_links(job_id: str) -> dict[str, str]:
+    base = f"/v1/jobs/{job_id}"
+    return {"self": base, "events": base + "/events", "artifacts": base + "/artifacts", "cancel": base + "/cancel"}
+
+
+def to_view(record: JobRecord, jobs: JobStore) -> JobOut:
+    """The record with its live queue position (one Redis call when queued)."""
+    position = jobs.queue_position(record.id) if record.status == JobStatus.queued else None
+    return JobOut(**record.model_dump(), queue_position=position, links=job_links(record.id))

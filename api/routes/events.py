@@ -1,0 +1,80 @@
+"""Server-sent events of a job, read from its Redis stream.
+
+Every event carries ``id:`` (the stream id), so a client that reconnects with ``Last-Event-ID``
+(or ``?last_event_id=``) gets exactly the events it missed. An idle stream gets a comment line
+every ``sse_heartbeat_s`` seconds; the response ends after the job's ``done`` event (or at once
+when the job had finished and its stream holds nothing newer).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+
+from api.deps import CurrentOwner, ServicesDep
+from api.ownership import owned_job
+from api.problems import field_error
+from api.services import Services
+from sjc_service.schemas import TERMINAL
+
+router = APIRouter(prefix="/jobs", tags=["events"])
+STREAM_ID = re.compile(r"^(0|\d+-\d+)$")
+MAX_BLOCK_S = 5.0
+
+
+def format_event(event_id: str | None, event: str, data: Any) -> str:
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+def event_lines(services: Services, job_id: str, last_id: str) -> Iterator[str]:
+    """The SSE text of ``job_id`` after ``last_id``; runs in a worker thread (blocking Redis reads)."""
+    heartbeat = services.sse_heartbeat_s
+    yield "retry: 3000\n\n"
+    last_sent = time.monotonic()
+    while True:
+        wait_s = max(0.01, min(MAX_BLOCK_S, heartbeat - (time.monotonic() - last_sent)))
+        batch = services.events.read(job_id, last_id, block_ms=int(wait_s * 1000))
+        for event_id, event, data in batch:
+            last_id = event_id
+            yield format_event(event_id, event, data)
+            last_sent = time.monotonic()
+            if event == "done":
+                return
+        if not batch:
+            record = services.jobs.get(job_id)
+            if record is None:
+                return
+            if record.status in TERMINAL and not services.events.read(job_id, last_id):
+                yield format_event(None, "done", record.model_dump(mode="json"))
+                return
+            if time.monotonic() - last_sent >= heartbeat:
+                yield f": heartbeat {int(time.time())}\n\n"
+                last_sent = time.monotonic()
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "state, progress, preview and done events"}},
+)
+def job_events(
+    job_id: str,
+    services: ServicesDep,
+    owner: CurrentOwner,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+    last_event_id_query: Annotated[str | None, Query(alias="last_event_id", max_length=64)] = None,
+) -> StreamingResponse:
+    """Stream the job's events; reconnect with ``Last-Event-ID`` to resume where you left off."""
+    owned_job(services.jobs, job_id, owner)
+    last_id = last_event_id or last_event_id_query or "0"
+    if not STREAM_ID.match(last_id):
+        raise field_error("Last-Event-ID", f"{last_id!r} is not an event id like '1718000000000-0'")
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(event_lines(services, job_id, last_id), media_type="text/event-stream", headers=headers)

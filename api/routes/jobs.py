@@ -1,0 +1,99 @@
+"""Jobs: create (202 + Location, Idempotency-Key, per-key cap), list (cursor pages), read, cancel."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from api.deps import CurrentOwner, JobStoreDep, ServicesDep
+from api.job_params import effective_params, request_hash
+from api.job_views import JobOut, JobPage, to_view
+from api.ownership import owned_job
+from api.problems import Problem, field_error
+from sjc_service.jobs import IdempotencyConflict, idem_key
+from sjc_service.queue import enqueue_job
+from sjc_service.schemas import TERMINAL, JobCreate, JobStatus
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+log = logging.getLogger("sjc.api")
+RETRY_AFTER_S = 30
+PROBLEMS = {s: {"description": d, "content": {"application/problem+json": {}}} for s, d in [
+    (401, "missing or invalid API key"), (404, "no such job for this key"), (409, "the job has finished"),
+    (413, "request body too large"), (422, "invalid request"), (429, "too many active jobs")]}
+
+
+@router.post("", status_code=202, response_model=JobOut, responses=PROBLEMS)
+def create_job(
+    body: JobCreate,
+    response: Response,
+    owner: CurrentOwner,
+    services: ServicesDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> JobOut:
+    """Queue a text-to-3D job. The same ``Idempotency-Key`` with the same body returns the same job;
+    with a different body it is a 422 (draft-ietf-httpapi-idempotency-key-header, section 2.7)."""
+    settings, jobs = services.settings, services.jobs
+    params = effective_params(body, settings)
+    replay = idempotency_key is not None and bool(services.redis.exists(idem_key(owner, idempotency_key)))
+    if not replay and jobs.active_count(owner) >= settings.max_active_jobs_per_key:
+        raise Problem(
+            429, f"This key already has {settings.max_active_jobs_per_key} queued or running jobs; wait for one "
+            "to finish or cancel one.", slug="too-many-active-jobs", title="Too many active jobs",
+            headers={"Retry-After": str(RETRY_AFTER_S)}, limit=settings.max_active_jobs_per_key,
+        )
+    try:
+        record, created = jobs.create(owner, params, idempotency_key, request_hash(body),
+                                      idempotency_ttl_s=settings.idempotency_ttl_s)
+    except IdempotencyConflict as exc:
+        raise Problem(422, f"Idempotency-Key was already used with a different request (job {exc.job_id}).",
+                      slug="idempotency-key-reused", title="Idempotency key reused", job_id=exc.job_id) from None
+    if created:
+        try:
+            enqueue_job(services.celery, record.id)
+        except Exception as exc:  # broker down: leave nothing behind, so a retry starts clean
+            log.exception("could not enqueue job %s", record.id)
+            jobs.delete(record.id)
+            if idempotency_key is not None:
+                services.redis.delete(idem_key(owner, idempotency_key))
+            raise Problem(503, "The job queue is unavailable; try again shortly.", slug="queue-unavailable",
+                          headers={"Retry-After": "5"}) from exc
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/jobs/{record.id}"
+    return to_view(record, jobs)
+
+
+@router.get("", response_model=JobPage, responses=PROBLEMS)
+def list_jobs(
+    jobs: JobStoreDep,
+    owner: CurrentOwner,
+    status: JobStatus | None = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobPage:
+    """Your jobs, newest first; ``next_cursor`` is ``null`` on the last page."""
+    try:
+        page, next_cursor = jobs.list(owner, status=status, cursor=cursor, limit=limit)
+    except ValueError as exc:
+        raise field_error("cursor", str(exc)) from None
+    return JobPage(items=[to_view(r, jobs) for r in page], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=PROBLEMS)
+def get_job(job_id: str, jobs: JobStoreDep, owner: CurrentOwner) -> JobOut:
+    """Status, stage, progress, step/total, queue position, ETA, attempt, error, effective params, artifacts."""
+    return to_view(owned_job(jobs, job_id, owner), jobs)
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=PROBLEMS)
+def cancel_job(job_id: str, jobs: JobStoreDep, owner: CurrentOwner) -> JobOut:
+    """Cancel: a queued job is canceled at once; a running one stops at its worker's next check."""
+    record = owned_job(jobs, job_id, owner)
+    if record.status not in TERMINAL:
+        record = jobs.request_cancel(job_id) or record
+    if record.status in TERMINAL and not (record.status == JobStatus.canceled and record.cancel_requested):
+        raise Problem(409, f"Job {job_id} has already finished ({record.status.value}).", slug="job-finished",
+                      title="Job already finished", job_id=job_id, status_now=record.status.value)
+    return to_view(record, jobs)

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install what the tests need and run them: bash scripts/test.sh [pytest args]
+# The tests start their own redis-server (from the binary), moto S3 server, workers and API.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/_setup.sh
+
+ensure_venv
+ensure_redis_server
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+log "running the tests"
+exec "$PY" -m pytest -q "$@"

@@ -1,0 +1,234 @@
+"""The SJC optimiser loop: render a random view, score it with PAAS, chain the score into the voxels.
+
+Per step (pals-ttic/sjc ``run_sjc.py``, with callbacks, checkpoints and exact resume added):
+
+1. sample a camera (azimuth, area-uniform elevation, fov) and its view prompt ("front view of ...");
+2. render the field: image ``y`` (1, C, H, W), depth, compositing weights;
+3. pick sigma (random over the trimmed ticks, or annealed) and compute the PAAS gradient on ``y``;
+4. backward ``-grad`` through the renderer (a vector-Jacobian product) together with the emptiness and
+   center-depth losses, then one Adamax step.
+
+Randomness: cameras and sigmas come from a numpy ``Generator``, PAAS noise from a CPU ``torch.Generator``,
+both seeded from ``config.seed``; torch's and Python's global RNGs are seeded too. All of them are in the
+checkpoint state, so ``run_sjc(resume=state)`` continues bit-for-bit like an uninterrupted run on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field as dc_field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sjc_engine.callbacks import Callbacks, StepReport
+from sjc_engine.cameras import sample_camera, spherical_camera, view_prompt
+from sjc_engine.config import SJCConfig
+from sjc_engine.denoisers.base import Denoiser
+from sjc_engine.field import VoxelField
+from sjc_engine.losses import center_depth_loss, emptiness_loss, emptiness_weight
+from sjc_engine.paas import paas_grad
+from sjc_engine.renderer import render_image
+from sjc_engine.sigmas import SigmaSchedule
+
+PREVIEW_AZIMUTH_DEG = 30.0
+PREVIEW_ELEVATION_DEG = 20.0
+
+
+@dataclass
+class SJCResult:
+    """What a run returns.
+
+    Attributes:
+        field: the optimised voxel field.
+        step: steps done in all (including those before a resume).
+        stopped: True when ``should_stop`` ended the run early.
+        losses: the last step's losses.
+    """
+
+    field: VoxelField
+    step: int
+    stopped: bool
+    losses: dict[str, float] = dc_field(default_factory=dict)
+
+
+@dataclass
+class _RNG:
+    cameras: np.random.Generator
+    noise: torch.Generator
+
+    @classmethod
+    def seeded(cls, seed: int) -> "_RNG":
+        torch.manual_seed(seed)
+        random.seed(seed)
+        return cls(np.random.default_rng(seed), torch.Generator().manual_seed(seed))
+
+    def state(self) -> dict[str, Any]:
+        s: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": copy.deepcopy(self.cameras.bit_generator.state),
+            "noise": self.noise.get_state(),
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            s["cuda"] = torch.cuda.get_rng_state_all()
+        return s
+
+    def restore(self, s: dict[str, Any]) -> None:
+        torch.set_rng_state(s["torch"])
+        self.cameras.bit_generator.state = s["numpy"]
+        self.noise.set_state(s["noise"])
+        version, internal, gauss = s["python"]
+        random.setstate((version, tuple(internal), gauss))
+        if "cuda" in s and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """A deep copy with every tensor detached on the CPU (the state must not change as training goes on)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def field_args_for(config: SJCConfig, channels: int) -> dict[str, Any]:
+    """The VoxelField constructor arguments a config asks for."""
+    return {"grid_size": config.grid_size, "channels": channels, "bbox": config.bbox, "density_shift": config.density_shift}
+
+
+def make_state(field: VoxelField, field_args: dict, opt: torch.optim.Optimizer, step: int, rng: _RNG, config: SJCConfig) -> dict[str, Any]:
+    """The resumable state after ``step`` steps (CPU copies; see :mod:`sjc_engine.checkpoint`)."""
+    return {
+        "field": _cpu_copy(field.state_dict()),
+        "field_args": dict(field_args),
+        "optimizer": _cpu_copy(opt.state_dict()),
+        "step": step,
+        "rng": rng.state(),
+        "config": config.to_dict(),
+    }
+
+
+def resolve_field_device(config: SJCConfig, denoiser: Denoiser) -> torch.device:
+    """Where the field lives: ``config.device``, or the denoiser's device for ``"auto"``."""
+    return torch.device(denoiser.device) if config.device == "auto" else torch.device(config.device)
+
+
+@torch.no_grad()
+def preview_image(field: VoxelField, denoiser: Denoiser, config: SJCConfig) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of the field from a fixed three-quarter view (uses no random state)."""
+    cam = spherical_camera(PREVIEW_AZIMUTH_DEG, PREVIEW_ELEVATION_DEG, config.cam_radius, config.test_fov_deg, config.render_size)
+    img = render_image(field, cam, config.step_ratio).image[None]  # (1, C, H, W)
+    rgb = denoiser.decode(img.to(denoiser.device)).float().clamp(0, 1)[0]  # (3, H', W')
+    return (rgb.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def run_sjc(
+    config: SJCConfig,
+    denoiser: Denoiser,
+    callbacks: Callbacks | None = None,
+    resume: dict[str, Any] | None = None,
+    field: VoxelField | None = None,
+) -> SJCResult:
+    """Optimise a voxel field for ``config.prompt`` with the denoiser's score (Score Jacobian Chaining).
+
+    Args:
+        config: the run's settings (``config.steps`` is the total, also when resuming).
+        denoiser: the VE denoiser (its ``channels`` sets the field's feature channels).
+        callbacks: progress, previews, checkpoints and cooperative cancel.
+        resume: a state from ``on_checkpoint`` / :func:`sjc_engine.checkpoint.load_checkpoint`; the run
+            continues from its step with its field, optimiser and random state.
+        field: start from this field instead of a fresh one (ignored when resuming).
+    """
+    cb = callbacks or Callbacks()
+    # 1. seeds and the field
+    rng = _RNG.seeded(config.seed)
+    device = resolve_field_device(config, denoiser)
+    if resume is not None:
+        field_args = dict(resume["field_args"])
+        field = VoxelField(**field_args)
+        field.load_state_dict(resume["field"])
+    elif field is None:
+        field_args = field_args_for(config, denoiser.channels)
+        field = VoxelField(**field_args)
+    else:
+        field_args = {"grid_size": field.grid_size, "channels": field.channels, "bbox": field.bbox,
+                      "density_shift": field.density_shift}
+    field = field.to(device).train()
+
+    # 2. optimiser, schedule, conditioning
+    opt = torch.optim.Adamax(field.param_groups(config.lr, config.bg_lr), lr=config.lr)
+    start = 0
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        rng.restore(resume["rng"])
+        start = int(resume["step"])
+    schedule = SigmaSchedule.from_config(denoiser.sigmas, config)
+    total = config.steps
+    losses: dict[str, float] = {}
+    stopped = False
+    step = start
+    last_ckpt = start if resume is not None else -1
+
+    # 3. the loop
+    for step in range(start, total):
+        if cb.should_stop():
+            stopped = True
+            break
+        cam = sample_camera(rng.cameras, config.render_size, config.cam_radius, config.elev_range_deg, config.fov_range_deg)
+        prompt = view_prompt(config.prompt, cam) if config.view_prompts else config.prompt
+        cond = denoiser.encode_prompt(prompt)
+
+        out = render_image(field, cam, config.step_ratio)
+        y = out.image[None]  # (1, C, H, W)
+        y_model = y
+        if y.shape[-1] != denoiser.image_size:
+            y_model = F.interpolate(y, size=(denoiser.image_size, denoiser.image_size), mode="bilinear", align_corners=False)
+
+        sigma = schedule(step, rng.cameras)
+        paas = paas_grad(
+            denoiser, y_model.detach().to(denoiser.device), sigma, cond=cond, guidance_scale=config.guidance_scale,
+            n_noise=config.n_noise, var_red=config.var_red, generator=rng.noise,
+        )
+        grad = paas.grad.to(device=y.device, dtype=y.dtype)  # (1, C, H, W)
+
+        opt.zero_grad(set_to_none=True)
+        w_e = emptiness_weight(step, total, config.emptiness_weight, config.emptiness_multiplier, config.emptiness_step)
+        l_empty = emptiness_loss(out.weights, config.emptiness_scale)
+        reg = w_e * l_empty
+        l_depth = None
+        if config.center_depth_weight > 0:
+            l_depth = center_depth_loss(out.depth)
+            reg = reg + config.center_depth_weight * l_depth
+        # the score enters as the vector-Jacobian product y.backward(-grad); one pass with the regularisers
+        tensors, grads = [y_model], [-grad]
+        if reg.requires_grad:
+            tensors.append(reg)
+            grads.append(torch.ones_like(reg))
+        torch.autograd.backward(tensors, grads)
+        opt.step()
+
+        done = step + 1
+        losses = {"score": float(grad.pow(2).mean()), "emptiness": float(l_empty.detach()), "emptiness_weight": float(w_e)}
+        if l_depth is not None:
+            losses["center_depth"] = float(l_depth.detach())
+        preview = None
+        if config.preview_every > 0 and (done % config.preview_every == 0 or done == total):
+            preview = preview_image(field, denoiser, config)
+        cb.on_step(StepReport(step=done, total=total, losses=losses, sigma=sigma, preview=preview, extra={"prompt": prompt}))
+        if config.checkpoint_every > 0 and done % config.checkpoint_every == 0:
+            cb.on_checkpoint(make_state(field, field_args, opt, done, rng, config), done)
+            last_ckpt = done
+        step = done
+
+    # 4. the final state
+    if last_ckpt != step:
+        cb.on_checkpoint(make_state(field, field_args, opt, step, rng, config), step)
+    field.eval()
+    return SJCResult(field=field, step=step, stopped=stopped, losses=losses)

@@ -1,0 +1,160 @@
+"""Prompt in, files out: validate, load the model, run SJC, export the results to a folder.
+
+The files (fixed names; the service uploads them under ``jobs/{id}/``):
+``field.pt`` (the voxel field with its config), ``turntable.mp4``, ``mesh.glb`` / ``mesh.ply`` / ``mesh.obj``
+(+ what the OBJ needs), ``previews/step_XXXXXX.png`` and ``config.json``. A run stopped early (cancel) writes
+only ``field.pt`` and the previews made so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sjc_engine.callbacks import CallbackList, Callbacks, StepReport
+from sjc_engine.catalog import ModelInfo, ModelNotFoundError, resolve_model
+from sjc_engine.config import SJCConfig
+
+OUTPUTS = ("checkpoint", "video", "mesh", "previews")
+MESH_FORMATS = ("glb", "ply", "obj")
+TURNTABLE_ELEVATION_DEG = 20.0
+
+
+@dataclass
+class GenerateResult:
+    """What :func:`generate` wrote.
+
+    Attributes:
+        files: file name relative to ``out_dir`` (``"field.pt"``, ``"previews/step_000100.png"``, ...) -> path.
+        steps_done: optimiser steps done in all.
+        stopped: True when the run was cancelled through ``should_stop``.
+        config: the effective settings (normalised prompt included).
+    """
+
+    files: dict[str, Path]
+    steps_done: int
+    stopped: bool
+    config: SJCConfig
+
+
+def build_config(prompt: str, model: str = "embedded", model_dirs: Sequence[str | Path] = (), **overrides: Any) -> SJCConfig:
+    """The settings for ``prompt`` on ``model``: reference defaults < the model's defaults < explicit ``overrides``.
+
+    ``None`` overrides mean "not given". Raises ``PromptError`` when the model cannot draw the prompt.
+    """
+    info = resolve_model(model, model_dirs)
+    return SJCConfig.for_model(info.defaults, prompt=info.check_prompt(prompt), model=model, **overrides)
+
+
+class PreviewWriter(Callbacks):
+    """Saves every preview the loop reports as ``out_dir/previews/step_XXXXXX.png``."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.dir = out_dir / "previews"
+        self.files: dict[str, Path] = {}
+
+    def on_step(self, report: StepReport) -> None:
+        if report.preview is None:
+            return
+        from sjc_engine.export.images import save_png
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"step_{report.step:06d}.png"
+        save_png(report.preview, path)
+        self.files[f"previews/{path.name}"] = path
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _validated(config: SJCConfig, model_dirs: Sequence[str | Path], have_denoiser: bool) -> SJCConfig:
+    try:
+        info: ModelInfo = resolve_model(config.model, model_dirs)
+    except ModelNotFoundError:
+        if have_denoiser:  # a caller-built denoiser (tests, notebooks) needs no catalog entry
+            return config
+        raise
+    return dataclasses.replace(config, prompt=info.check_prompt(config.prompt))
+
+
+def generate(
+    config: SJCConfig,
+    out_dir: Path,
+    callbacks: Callbacks | None = None,
+    resume: dict[str, Any] | Path | None = None,
+    denoiser: Any = None,
+    outputs: Collection[str] = OUTPUTS,
+    mesh_formats: Collection[str] = MESH_FORMATS,
+    model_dirs: Sequence[str | Path] = (),
+) -> GenerateResult:
+    """Run SJC for ``config`` and export to ``out_dir``.
+
+    Args:
+        config: the run's settings (see :func:`build_config` for model defaults).
+        out_dir: the folder to write into (created).
+        callbacks: progress, previews, checkpoints, cancel.
+        resume: a state dict or the path of one (:func:`sjc_engine.checkpoint.save_checkpoint`).
+        denoiser: an already loaded denoiser (else ``config.model`` is loaded).
+        outputs: which of ``"checkpoint"``, ``"video"``, ``"mesh"``, ``"previews"`` to write.
+        mesh_formats: which of ``"glb"``, ``"ply"``, ``"obj"``.
+        model_dirs: folders holding named models.
+    """
+    unknown = (set(outputs) - set(OUTPUTS)) | (set(mesh_formats) - set(MESH_FORMATS))
+    if unknown:
+        raise ValueError(f"unknown outputs or mesh formats: {sorted(unknown)}")
+    # 1. validate the prompt against the model, then load the model
+    config = _validated(config, model_dirs, denoiser is not None)
+    if denoiser is None:
+        from sjc_engine.denoisers.loader import load_denoiser
+
+        denoiser = load_denoiser(config.model, device=config.device, half=config.half, model_dirs=model_dirs)
+    if isinstance(resume, (str, Path)):
+        from sjc_engine.checkpoint import load_checkpoint
+
+        resume = load_checkpoint(resume)
+
+    # 2. optimise
+    from sjc_engine.optimize import run_sjc
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    previews = PreviewWriter(out_dir)
+    cb = CallbackList(previews if "previews" in outputs else None, callbacks)
+    result = run_sjc(config, denoiser, callbacks=cb, resume=resume)
+
+    # 3. export
+    files: dict[str, Path] = {}
+    field = result.field
+    if "checkpoint" in outputs:
+        path = out_dir / "field.pt"
+        field.save(path, extra={"config": config.to_dict(), "step": result.step})
+        files["field.pt"] = path
+    files.update(previews.files)
+    if not result.stopped:
+        if "video" in outputs:
+            from sjc_engine.export.video import render_turntable, write_mp4
+
+            frames = render_turntable(
+                field, denoiser.decode, n_frames=config.video_frames, size=config.render_size,
+                radius=config.cam_radius, fov_deg=config.test_fov_deg, elevation_deg=TURNTABLE_ELEVATION_DEG,
+            )
+            write_mp4(frames, out_dir / "turntable.mp4")
+            files["turntable.mp4"] = out_dir / "turntable.mp4"
+        if "mesh" in outputs and mesh_formats:
+            from sjc_engine.export.mesh import extract_mesh, save_mesh
+
+            mesh = extract_mesh(field, threshold=config.mesh_threshold, decode=denoiser.decode)
+            for path in save_mesh(mesh, out_dir, formats=tuple(mesh_formats)).values():
+                files[_rel(Path(path), out_dir)] = Path(path)
+        path = out_dir / "config.json"
+        path.write_text(json.dumps({**config.to_dict(), "steps_done": result.step}, indent=2))
+        files["config.json"] = path
+    return GenerateResult(files=files, steps_done=result.step, stopped=result.stopped, config=config)

@@ -1,0 +1,119 @@
+"""The service's data shapes (pydantic): what clients send, what a job record holds.
+
+Shared by api/ (request validation, responses) and worker/ (reads params, writes results);
+imports no torch.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+OutputKind = Literal["checkpoint", "video", "mesh", "previews"]
+MeshFormat = Literal["glb", "ply", "obj"]
+ALL_OUTPUTS: list[OutputKind] = ["checkpoint", "video", "mesh", "previews"]
+ALL_MESH_FORMATS: list[MeshFormat] = ["glb", "ply", "obj"]
+
+
+class JobCreate(BaseModel):
+    """Body of ``POST /v1/jobs``. ``None`` means "the model's recommended value".
+
+    Every bound here is a hard ceiling; the API applies the deployment's tighter limits
+    (``Settings.max_steps``, ``Settings.max_prompt_chars``) on top.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=1000, description="text prompt, e.g. 'a red sphere'")
+    model: str | None = Field(None, min_length=1, max_length=200, description="model name; None: the default")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="None: the service draws one and records it")
+    steps: int | None = Field(None, ge=1, le=100_000)
+    guidance_scale: float | None = Field(None, ge=0, le=1000)
+    grid_size: int | None = Field(None, ge=8, le=256)
+    render_size: int | None = Field(None, ge=16, le=512)
+    lr: float | None = Field(None, gt=0, le=10)
+    n_noise: int | None = Field(None, ge=1, le=16)
+    sigma_schedule: Literal["random", "annealed"] | None = None
+    emptiness_weight: float | None = Field(None, ge=0, le=1e7)
+    video_frames: int | None = Field(None, ge=1, le=360)
+    preview_every: int | None = Field(None, ge=0, le=100_000)
+    outputs: list[OutputKind] = Field(default_factory=lambda: list(ALL_OUTPUTS), max_length=4)
+    mesh_formats: list[MeshFormat] = Field(default_factory=lambda: list(ALL_MESH_FORMATS), max_length=3)
+
+
+class JobStatus(str, Enum):
+    """Life cycle: queued -> running -> succeeded | failed | canceled (running -> queued on a crash)."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def finished(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.canceled})
+ACTIVE = frozenset({JobStatus.queued, JobStatus.running})
+
+
+class JobError(BaseModel):
+    """Why a job failed: a stable machine-readable ``code`` and a human ``message``.
+
+    Codes: ``invalid_prompt``, ``model_not_found``, ``engine_error``, ``time_limit``,
+    ``too_many_attempts``, ``upload_failed``.
+    """
+
+    code: str
+    message: str
+
+
+class Artifact(BaseModel):
+    """One file a job produced, under ``jobs/{id}/`` in the object store."""
+
+    name: str = Field(description="path relative to the job's folder, e.g. 'mesh.glb'")
+    key: str = Field(description="object key, e.g. 'jobs/{id}/mesh.glb'")
+    content_type: str
+    size: int
+    sha256: str | None = None
+    url: str | None = Field(None, description="download link (presigned or signed), filled by the API")
+
+
+class JobRecord(BaseModel):
+    """A job as stored in Redis and returned by the API.
+
+    Attributes:
+        params: the effective parameters (the request with ``model`` and ``seed`` filled in).
+        stage: finer than status: queued, loading_model, optimizing, exporting, uploading, done,
+            canceled, failed, requeued.
+        progress: 0-100.
+        step, total_steps: optimiser steps done and planned.
+        attempt: how many times a worker took the job (1 on the first run).
+        resumed_from_step: the step the latest attempt resumed from (``None``: started fresh).
+        eta_s: estimated seconds to the end of the optimisation.
+        cancel_requested: a cancel was asked for (a running job stops at its next check).
+    """
+
+    id: str
+    owner: str
+    status: JobStatus = JobStatus.queued
+    stage: str = "queued"
+    progress: float = Field(0.0, ge=0, le=100)
+    step: int = 0
+    total_steps: int = 0
+    attempt: int = 0
+    resumed_from_step: int | None = None
+    eta_s: float | None = None
+    error: JobError | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime
+    artifacts: list[Artifact] = Field(default_factory=list)
+    cancel_requested: bool = False

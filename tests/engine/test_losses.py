@@ -1,0 +1,58 @@
+"""Emptiness and center-depth losses: values, the stage switch, and the corrected center-depth sign."""
+
+import math
+
+import pytest
+import torch
+
+from sjc_engine.losses import center_box_mask, center_depth_loss, emptiness_loss, emptiness_weight
+
+
+def test_emptiness_value_and_gradient():
+    w = torch.tensor([0.0, 0.1, 0.5, 1.0], requires_grad=True)
+    loss = emptiness_loss(w, scale=10.0)
+    assert loss.item() == pytest.approx(sum(math.log(1 + 10 * v) for v in (0.0, 0.1, 0.5, 1.0)) / 4)
+    loss.backward()
+    torch.testing.assert_close(w.grad, 10.0 / (1 + 10 * w.detach()) / 4)
+    assert emptiness_loss(torch.zeros(0)).item() == 0.0
+
+
+def test_emptiness_weight_two_stages():
+    assert emptiness_weight(0, 100, 1e4, 20.0, 0.5) == 1e4
+    assert emptiness_weight(49, 100, 1e4, 20.0, 0.5) == 1e4
+    assert emptiness_weight(50, 100, 1e4, 20.0, 0.5) == 2e5  # reference: emptiness_step * n_steps <= i
+
+
+def test_center_box():
+    m = center_box_mask(64, 64)
+    assert m.sum().item() == 50 * 50 and not m[6, 32] and m[7, 32]  # the reference's depth[7:-7, 7:-7]
+
+
+def _depth_with_centre(inside: float, outside: float, requires_grad=True):
+    d = torch.full((32, 32), outside)
+    d[center_box_mask(32, 32)] = inside
+    return d.requires_grad_(requires_grad)
+
+
+def test_center_depth_pulls_object_to_centre():
+    # object in the centre (near), empty border (far, like the reference's background depth 10)
+    d = _depth_with_centre(1.5, 10.0)
+    loss = center_depth_loss(d)
+    assert loss.item() == pytest.approx(-math.log(8.5), rel=1e-5)
+    loss.backward()
+    inside = center_box_mask(32, 32)
+    assert (d.grad[inside] > 0).all()  # descending makes centre depth smaller (nearer: more stuff there)
+    assert (d.grad[~inside] < 0).all()  # and the border deeper (emptier)
+
+
+def test_center_depth_guarded_log():
+    d = _depth_with_centre(10.0, 1.5)  # object off-centre: argument negative, the paper's sign would NaN
+    loss = center_depth_loss(d, eps=1e-6)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(-math.log(1e-6))
+    loss.backward()
+    assert torch.isfinite(d.grad).all()
+
+
+def test_center_depth_checks_shape():
+    with pytest.raises(ValueError):
+        center_depth_loss(torch.zeros(1, 8, 8))
