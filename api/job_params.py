@@ -36,14 +36,16 @@ def find_model(name: str, settings: Settings) -> ModelInfo:
     """The model called ``name``, looked up only where the service keeps models."""
     if not MODEL_NAME.match(name) or name in (".", ".."):
         raise field_error("model", f"{name!r} is not a model name (letters, digits, '.', '_', '-'; no paths)")
-    roots = [Path(d).resolve() for d in settings.model_dirs]
-    looked = [str(EMBEDDED_DIR)] if name == EMBEDDED_NAME else [str(r / name) for r in roots]
-    try:
-        info = resolve_model(name, settings.model_dirs)
-    except ModelNotFoundError:
-        info = None
-    allowed = name == EMBEDDED_NAME or (info is not None and any(info.path.is_relative_to(r) for r in roots))
-    if info is None or not allowed:
+    candidates = [Path(d) / name for d in settings.model_dirs]
+    looked = [str(EMBEDDED_DIR)] if name == EMBEDDED_NAME else [str(c) for c in candidates]
+    info = None
+    # resolve_model would also try ``name`` relative to the working directory: only model folders count here
+    if name == EMBEDDED_NAME or any(c.exists() for c in candidates):
+        try:
+            info = resolve_model(name, settings.model_dirs)
+        except ModelNotFoundError:
+            info = None
+    if info is None:
         where = ", ".join(looked) or "no model folders are configured (SJC_MODEL_DIRS)"
         raise field_error("model", f"model {name!r} not found; looked in: {where}. See GET /v1/models.")
     return info

@@ -27,13 +27,14 @@ MAX_BODY_BYTES = 64 * 1024
 
 
 def create_app(
-    settings: Settings | None = None, *, sse_heartbeat_s: float = 15.0, max_body_bytes: int = MAX_BODY_BYTES
+    settings: Settings | None = None, *, sse_heartbeat_s: float | None = None, max_body_bytes: int = MAX_BODY_BYTES
 ) -> FastAPI:
     """Build the API.
 
     Args:
         settings: service settings (default: :func:`get_settings`, from the environment).
-        sse_heartbeat_s: seconds between heartbeat comments on idle event streams.
+        sse_heartbeat_s: seconds between heartbeat comments on idle event streams
+            (default: ``settings.sse_heartbeat_s`` when the settings have it, else 15).
         max_body_bytes: largest request body accepted (413 beyond).
     """
     settings = settings or get_settings()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from celery import Celery
@@ -30,6 +31,7 @@ class Services:
     Attributes:
         sse_heartbeat_s: seconds between SSE comment lines on an idle event stream.
         keys_ready: the bootstrap API keys of ``settings.api_keys`` are in Redis.
+        sse_limiter: threads for the event streams' blocking reads (made on first use, in the loop).
     """
 
     settings: Settings
@@ -41,9 +43,10 @@ class Services:
     keys: ApiKeyStore
     sse_heartbeat_s: float = 15.0
     keys_ready: bool = False
+    sse_limiter: Any = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, sse_heartbeat_s: float = 15.0) -> "Services":
+    def from_settings(cls, settings: Settings, *, sse_heartbeat_s: float | None = None) -> "Services":
         client = redis_from_url(settings.redis_url)
         return cls(
             settings=settings,
@@ -53,7 +56,7 @@ class Services:
             store=make_store(settings),
             celery=make_celery(settings, main="sjc-api"),
             keys=ApiKeyStore(client),
-            sse_heartbeat_s=sse_heartbeat_s,
+            sse_heartbeat_s=sse_heartbeat_s or float(getattr(settings, "sse_heartbeat_s", 15.0)),
         )
 
     def ensure_keys(self) -> None:

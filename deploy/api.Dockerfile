@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# The API: FastAPI + the shared service code, without torch (a ~200 MB image instead of several GB).
+# The API: FastAPI + the shared service code, without torch (its Python packages: ~130 MB, measured
+# in a venv from requirements-api.txt; a worker image carries several GB of torch and CUDA).
 # Build from the repository root:  docker build -f deploy/api.Dockerfile -t sjc-api .
 FROM python:3.11-slim-bookworm
 

@@ -32,7 +32,7 @@ ensure_venv() {
         "$base" -m venv "$VENV"
     fi
     PY="$VENV/bin/python"
-    if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.__version__.split("+")[0] == "2.13.0" else 1)' 2>/dev/null; then
+    if ! "$PY" -c 'import sys, importlib.metadata as m; sys.exit(m.version("torch").split("+")[0] != "2.13.0")' 2>/dev/null; then
         log "installing torch==2.13.0"
         "$PY" -m pip install ${SJC_TORCH_INDEX_URL:+--index-url "$SJC_TORCH_INDEX_URL"} torch==2.13.0
     fi

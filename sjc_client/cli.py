@@ -109,20 +109,19 @@ def _follow(client: SJCClient, job_id: str) -> dict[str, Any]:
     bar = tqdm(total=None, unit="step", desc="queued", dynamic_ncols=True)
 
     def on_event(event: str, data: Any) -> None:
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or event not in ("state", "progress"):
             return
+        total = data.get("total") or data.get("total_steps")
+        if total and bar.total != total:
+            bar.total = int(total)
+        if data.get("step") is not None:
+            bar.n = int(data["step"])  # also moves back/forward when a job resumes from a checkpoint
         if event == "state":
-            label = data.get("stage") or data.get("status") or ""
-            if data.get("queue_position") is not None and data.get("status") == "queued":
-                label = f"queued (#{data['queue_position']})"
-            bar.set_description(str(label))
-        elif event == "progress":
-            total = data.get("total") or data.get("total_steps")
-            if total and bar.total != total:
-                bar.total = int(total)
-            step = data.get("step")
-            if step is not None:
-                bar.n = int(step)
+            label = str(data.get("stage") or data.get("status") or "")
+            if int(data.get("attempt") or 1) > 1:
+                label += f" (attempt {data['attempt']})"
+            bar.set_description(label)
+        else:
             postfix: dict[str, Any] = {}
             losses = data.get("losses")
             if isinstance(losses, dict):
@@ -130,7 +129,7 @@ def _follow(client: SJCClient, job_id: str) -> dict[str, Any]:
             if data.get("eta_s") is not None:
                 postfix["eta"] = f"{float(data['eta_s']):.0f}s"
             bar.set_postfix(postfix, refresh=False)
-            bar.refresh()
+        bar.refresh()
 
     try:
         record = client.wait(job_id, on_progress=on_event)

@@ -123,6 +123,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"{state}: {result.steps_done}/{config.steps} steps, prompt {config.prompt!r}, seed {config.seed}")
     for name, path in sorted(files.items()):
         print(f"  {name:28s} {path.stat().st_size:>10,d} B  {path}")
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     return 130 if result.stopped else 0
 
 

@@ -39,8 +39,10 @@ class SJCConfig:
         guidance_scale: classifier-free guidance scale (reference: 100 for 3D).
         sigma_schedule: ``"random"`` (uniform over the model's timestep ticks in range) or
             ``"annealed"`` (from sigma_max down to sigma_min over the run).
-        tick_trim: ticks dropped from the low and high end of the model's timestep table
-            when sigma_min/sigma_max are not given (reference: ``[30:-10]``).
+        tick_trim: ``(high, low)``: ticks dropped from the high-sigma end and from the low-sigma end of
+            the model's timestep table when sigma_min/sigma_max are not given. The reference slices
+            its descending table ``us[30:-10]``: 30 ticks off the top, 10 off the bottom, leaving
+            sigma ~ 0.098..12.23 for Stable Diffusion.
         sigma_min, sigma_max: explicit sigma range; ``None`` uses the trimmed tick table.
         n_noise: PAAS noise samples averaged per step (reference: 1).
         var_red: the reference's variance-reduced gradient ``(D - y)/sigma`` (True) or ``(D - z)/sigma``.

@@ -125,8 +125,9 @@ def preview_image(field: VoxelField, denoiser: Denoiser, config: SJCConfig) -> n
     """(H, W, 3) uint8 RGB of the field from a fixed three-quarter view (uses no random state)."""
     cam = spherical_camera(PREVIEW_AZIMUTH_DEG, PREVIEW_ELEVATION_DEG, config.cam_radius, config.test_fov_deg, config.render_size)
     img = render_image(field, cam, config.step_ratio).image[None]  # (1, C, H, W)
-    rgb = denoiser.decode(img.to(denoiser.device)).float().clamp(0, 1)[0]  # (3, H', W')
-    return (rgb.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    from sjc_engine.export.images import to_uint8_image
+
+    return to_uint8_image(denoiser.decode(img.to(denoiser.device)).float()[0])  # (3, H', W') -> (H', W', 3)
 
 
 def run_sjc(

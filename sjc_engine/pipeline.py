@@ -33,12 +33,14 @@ class GenerateResult:
         steps_done: optimiser steps done in all.
         stopped: True when the run was cancelled through ``should_stop``.
         config: the effective settings (normalised prompt included).
+        warnings: outputs skipped and why (e.g. no surface at the mesh threshold).
     """
 
     files: dict[str, Path]
     steps_done: int
     stopped: bool
     config: SJCConfig
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def build_config(prompt: str, model: str = "embedded", model_dirs: Sequence[str | Path] = (), **overrides: Any) -> SJCConfig:
@@ -132,6 +134,7 @@ def generate(
 
     # 3. export
     files: dict[str, Path] = {}
+    warnings: list[str] = []
     field = result.field
     if "checkpoint" in outputs:
         path = out_dir / "field.pt"
@@ -149,12 +152,16 @@ def generate(
             write_mp4(frames, out_dir / "turntable.mp4")
             files["turntable.mp4"] = out_dir / "turntable.mp4"
         if "mesh" in outputs and mesh_formats:
-            from sjc_engine.export.mesh import extract_mesh, save_mesh
+            from sjc_engine.export.mesh import EmptyMeshError, extract_mesh, save_mesh
 
-            mesh = extract_mesh(field, threshold=config.mesh_threshold, decode=denoiser.decode)
-            for path in save_mesh(mesh, out_dir, formats=tuple(mesh_formats)).values():
-                files[_rel(Path(path), out_dir)] = Path(path)
+            try:
+                mesh = extract_mesh(field, threshold=config.mesh_threshold, decode=denoiser.decode)
+            except EmptyMeshError as e:  # an empty (or full) field: keep the other results, say why
+                warnings.append(f"mesh skipped: {e}")
+            else:
+                for path in save_mesh(mesh, out_dir, formats=tuple(mesh_formats)).values():
+                    files[_rel(Path(path), out_dir)] = Path(path)
         path = out_dir / "config.json"
         path.write_text(json.dumps({**config.to_dict(), "steps_done": result.step}, indent=2))
         files["config.json"] = path
-    return GenerateResult(files=files, steps_done=result.step, stopped=result.stopped, config=config)
+    return GenerateResult(files=files, steps_done=result.step, stopped=result.stopped, config=config, warnings=warnings)

@@ -62,6 +62,12 @@ def ray_box(origins: Tensor, dirs: Tensor, bbox: float) -> tuple[Tensor, Tensor]
     return t_min, t_max
 
 
+def _count_per_ray(keep: Tensor, counts: Tensor) -> Tensor:
+    """Number of kept samples (n,) of each ray, for packed samples ``keep`` (S,) grouped by ``counts`` (n,)."""
+    ends = torch.cumsum(keep.to(torch.long), 0)[torch.cumsum(counts, 0) - 1]  # (n,) kept up to each ray's end
+    return torch.diff(ends, prepend=ends.new_zeros(1))
+
+
 def render_rays(
     field: VoxelField,
     origins: Tensor,
@@ -109,16 +115,14 @@ def render_rays(
     t0 = t_min[hit]  # (n,)
     start = (origins[hit] + t0[:, None] * dirs[hit] + field.bbox) * scale  # (n, 3)
     delta = dirs[hit] * (step * scale)  # (n, 3)
-    ray_of = torch.repeat_interleave(torch.arange(n, device=dev), counts)  # (S,)
-    offsets = torch.cumsum(counts, 0) - counts  # (n,)
-    i_of = torch.arange(ray_of.numel(), device=dev) - offsets[ray_of]  # (S,)
-    u = start[ray_of] + i_of[:, None].to(dtype) * delta[ray_of]  # (S, 3)
-    u = u.clamp_(0, N - 1)
+    mask = torch.arange(k, device=dev)[None, :] < counts[:, None]  # (n, k), a prefix of each row
+    i_of = torch.arange(k, device=dev, dtype=dtype).expand(n, k)[mask]  # (S,) sample index along its ray
+    u = torch.repeat_interleave(start, counts, dim=0)  # (S, 3)
+    u.addcmul_(torch.repeat_interleave(delta, counts, dim=0), i_of[:, None]).clamp_(0, N - 1)
     idx, cw = trilinear_corners(u, N)  # (S, 8) each
 
     # 3. densities everywhere, then weights in the dense (n, k) layout
     sigma = field.activate(field.raw_density_at(idx, cw))  # (S,)
-    mask = torch.arange(k, device=dev)[None, :] < counts[:, None]  # (n, k), a prefix of each row
     tau = sigma.new_zeros(n, k).masked_scatter(mask, sigma * step)  # (n, k) optical thickness per sample
     cum = torch.cumsum(tau, dim=1)  # (n, k)
     trans = torch.exp(tau - cum)  # (n, k) transmittance before each sample
@@ -127,10 +131,15 @@ def render_rays(
 
     # 4. features only where the weight matters
     w_packed = weights[mask]  # (S,)
-    shade = (w_packed.detach() >= weight_threshold).nonzero().squeeze(1)  # (S2,)
-    feats = field.features_at(idx[shade], cw[shade])  # (S2, C)
-    contrib = w_packed[shade, None] * feats  # (S2, C)
-    rgb = origins.new_zeros(n, C).index_add(0, ray_of[shade], contrib)  # (n, C)
+    keep = w_packed.detach() >= weight_threshold  # (S,)
+    if bool(keep.all()):  # common while the field is still cloudy: no need to copy
+        shade_idx, shade_w, w_shade, per_ray = idx, cw, w_packed, counts
+    else:
+        shade = keep.nonzero().squeeze(1)  # (S2,)
+        shade_idx, shade_w, w_shade = idx.index_select(0, shade), cw.index_select(0, shade), w_packed[shade]
+        per_ray = _count_per_ray(keep, counts)  # (n,)
+    feats = field.features_at(shade_idx, shade_w)  # (S2, C)
+    rgb = torch.segment_reduce(w_shade[:, None] * feats, "sum", lengths=per_ray, axis=0)  # (n, C)
 
     # 5. depth: expected distance of the samples
     t_dense = t0[:, None] + step * torch.arange(k, device=dev, dtype=dtype)[None, :]  # (n, k)
@@ -142,7 +151,7 @@ def render_rays(
     dep = origins.new_zeros(R).index_copy(0, hit, depth_hit)  # (R,)
     features = acc + (1.0 - op)[:, None] * bg
     depth = dep + (1.0 - op) * bg_depth
-    return RenderOutput(features, depth, op, weights.reshape(-1), None, int(ray_of.numel()), int(shade.numel()))
+    return RenderOutput(features, depth, op, weights.reshape(-1), None, int(idx.shape[0]), int(shade_idx.shape[0]))
 
 
 def render_image(

@@ -63,8 +63,9 @@ class Sample2DResult:
 
 
 def _to_uint8(denoiser: Denoiser, x: torch.Tensor) -> np.ndarray:
-    rgb = denoiser.decode(x.detach().to(denoiser.device)).float().clamp(0, 1)[0]  # (3, H, W)
-    return (rgb.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    from sjc_engine.export.images import to_uint8_image
+
+    return to_uint8_image(denoiser.decode(x.detach().to(denoiser.device)).float()[0])  # (3, H, W) -> (H, W, 3)
 
 
 def sample2d(

@@ -212,7 +212,7 @@ class JobStore:
         if cursor:
             after = _decode_cursor(cursor)
             max_score = after[0]
-        found: list[JobRecord] = []
+        found: list[tuple[JobRecord, float]] = []
         offset, batch = 0, max(2 * limit, 50)
         key = owner_jobs_key(owner)
         while len(found) <= limit:
@@ -222,14 +222,14 @@ class JobStore:
             offset += len(items)
             # same-score members come in reverse lexicographic order: skip those at or before the cursor
             kept = [(m, s) for m, s in items if after is None or int(s) < after[0] or m < after[1]]
-            for rec in self.get_many(m for m, _ in kept):
+            for (_member, score), rec in zip(kept, self.get_many(m for m, _ in kept)):
                 if rec is None or (want is not None and rec.status != want):
                     continue
-                found.append(rec)
+                found.append((rec, score))
                 if len(found) > limit:
                     break
-        page = found[:limit]
-        next_cursor = _encode_cursor(_score(page[-1]), page[-1].id) if len(found) > limit else None
+        page = [rec for rec, _ in found[:limit]]
+        next_cursor = _encode_cursor(found[limit - 1][1], page[-1].id) if len(found) > limit else None
         return page, next_cursor
 
     # ---- changes -------------------------------------------------------------------------------

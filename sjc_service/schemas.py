@@ -38,6 +38,7 @@ class JobCreate(BaseModel):
     n_noise: int | None = Field(None, ge=1, le=16)
     sigma_schedule: Literal["random", "annealed"] | None = None
     emptiness_weight: float | None = Field(None, ge=0, le=1e7)
+    mesh_threshold: float | None = Field(None, gt=0, le=1000, description="density of the mesh surface")
     video_frames: int | None = Field(None, ge=1, le=360)
     preview_every: int | None = Field(None, ge=0, le=100_000)
     outputs: list[OutputKind] = Field(default_factory=lambda: list(ALL_OUTPUTS), max_length=4)
@@ -65,8 +66,8 @@ ACTIVE = frozenset({JobStatus.queued, JobStatus.running})
 class JobError(BaseModel):
     """Why a job failed: a stable machine-readable ``code`` and a human ``message``.
 
-    Codes: ``invalid_prompt``, ``model_not_found``, ``engine_error``, ``time_limit``,
-    ``too_many_attempts``, ``upload_failed``.
+    Codes: ``invalid_prompt``, ``model_not_found``, ``invalid_params``, ``empty_mesh`` (the field has no
+    surface at the mesh threshold), ``engine_error``, ``time_limit``, ``too_many_attempts``.
     """
 
     code: str

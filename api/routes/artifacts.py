@@ -7,12 +7,12 @@ not listed. ``complete`` is true once ``manifest.json`` (written last) is there.
 
 from __future__ import annotations
 
-from pydantic import BaseModel
-
 from fastapi import APIRouter
+from pydantic import BaseModel
 
 from api.deps import CurrentOwner, ServicesDep
 from api.ownership import owned_job
+from api.problems import problem_responses
 from sjc_service.schemas import Artifact, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["artifacts"])
@@ -40,7 +40,7 @@ def kind_of(name: str) -> str:
     return "mesh" if name.startswith("mesh.") else "other"
 
 
-@router.get("/{job_id}/artifacts", response_model=ArtifactList)
+@router.get("/{job_id}/artifacts", response_model=ArtifactList, responses=problem_responses(401, 404))
 def list_artifacts(job_id: str, services: ServicesDep, owner: CurrentOwner) -> ArtifactList:
     """Download links (valid ``expires_in_s`` seconds) for the checkpoint, video, meshes, previews and manifest."""
     record = owned_job(services.jobs, job_id, owner)

@@ -11,21 +11,26 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Annotated, Any, TypeVar
+
+import anyio
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from api.deps import CurrentOwner, ServicesDep
 from api.ownership import owned_job
-from api.problems import field_error
+from api.problems import field_error, problem_responses
 from api.services import Services
 from sjc_service.schemas import TERMINAL
 
 router = APIRouter(prefix="/jobs", tags=["events"])
 STREAM_ID = re.compile(r"^(0|\d+-\d+)$")
 MAX_BLOCK_S = 5.0
+MAX_STREAMS = 1000
+T = TypeVar("T")
 
 
 def format_event(event_id: str | None, event: str, data: Any) -> str:
@@ -33,14 +38,25 @@ def format_event(event_id: str | None, event: str, data: Any) -> str:
     return f"{head}event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
-def event_lines(services: Services, job_id: str, last_id: str) -> Iterator[str]:
-    """The SSE text of ``job_id`` after ``last_id``; runs in a worker thread (blocking Redis reads)."""
+async def event_lines(services: Services, job_id: str, last_id: str) -> AsyncIterator[str]:
+    """The SSE text of ``job_id`` after ``last_id``.
+
+    The blocking Redis reads run in threads of their own limiter, so open streams never take the
+    threads that the API's other (synchronous) routes run in.
+    """
+    if services.sse_limiter is None:
+        services.sse_limiter = anyio.CapacityLimiter(MAX_STREAMS)
+    limiter = services.sse_limiter
+
+    async def call(fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+
     heartbeat = services.sse_heartbeat_s
     yield "retry: 3000\n\n"
     last_sent = time.monotonic()
     while True:
         wait_s = max(0.01, min(MAX_BLOCK_S, heartbeat - (time.monotonic() - last_sent)))
-        batch = services.events.read(job_id, last_id, block_ms=int(wait_s * 1000))
+        batch = await call(partial(services.events.read, job_id, last_id, block_ms=int(wait_s * 1000)))
         for event_id, event, data in batch:
             last_id = event_id
             yield format_event(event_id, event, data)
@@ -48,10 +64,10 @@ def event_lines(services: Services, job_id: str, last_id: str) -> Iterator[str]:
             if event == "done":
                 return
         if not batch:
-            record = services.jobs.get(job_id)
+            record = await call(services.jobs.get, job_id)
             if record is None:
                 return
-            if record.status in TERMINAL and not services.events.read(job_id, last_id):
+            if record.status in TERMINAL and not await call(services.events.read, job_id, last_id):
                 yield format_event(None, "done", record.model_dump(mode="json"))
                 return
             if time.monotonic() - last_sent >= heartbeat:
@@ -62,7 +78,8 @@ def event_lines(services: Services, job_id: str, last_id: str) -> Iterator[str]:
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "state, progress, preview and done events"}},
+    responses={200: {"content": {"text/event-stream": {}}, "description": "state, progress, preview and done events"},
+               **problem_responses(401, 404, 422)},
 )
 def job_events(
     job_id: str,

@@ -11,7 +11,7 @@ from api.deps import CurrentOwner, JobStoreDep, ServicesDep
 from api.job_params import effective_params, request_hash
 from api.job_views import JobOut, JobPage, to_view
 from api.ownership import owned_job
-from api.problems import Problem, field_error
+from api.problems import Problem, field_error, problem_responses
 from sjc_service.jobs import IdempotencyConflict, idem_key
 from sjc_service.queue import enqueue_job
 from sjc_service.schemas import TERMINAL, JobCreate, JobStatus
@@ -19,9 +19,7 @@ from sjc_service.schemas import TERMINAL, JobCreate, JobStatus
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger("sjc.api")
 RETRY_AFTER_S = 30
-PROBLEMS = {s: {"description": d, "content": {"application/problem+json": {}}} for s, d in [
-    (401, "missing or invalid API key"), (404, "no such job for this key"), (409, "the job has finished"),
-    (413, "request body too large"), (422, "invalid request"), (429, "too many active jobs")]}
+PROBLEMS = problem_responses(401, 404, 409, 413, 422, 429)
 
 
 @router.post("", status_code=202, response_model=JobOut, responses=PROBLEMS)

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from api.deps import CurrentOwner, SettingsDep
+from api.problems import problem_responses
 from sjc_engine.catalog import list_models
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -28,7 +29,7 @@ class ModelList(BaseModel):
     items: list[ModelOut]
 
 
-@router.get("", response_model=ModelList)
+@router.get("", response_model=ModelList, responses=problem_responses(401))
 def get_models(settings: SettingsDep, owner: CurrentOwner) -> ModelList:
     """Models by name (pass ``name`` as a job's ``model``), with the settings each recommends."""
     items = [

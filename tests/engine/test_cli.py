@@ -87,6 +87,13 @@ def test_cancel_writes_only_field_and_previews(tiny_pixel_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["field.pt", "step_000002.png"]
 
 
+def test_empty_field_skips_the_mesh_with_a_warning(tiny_pixel_dir, tmp_path):
+    cfg = build_config("a red cube", str(tiny_pixel_dir), steps=2, device="cpu", mesh_threshold=1e3)
+    res = generate(cfg, tmp_path, outputs=("checkpoint", "mesh"))
+    assert not res.stopped and set(res.files) == {"field.pt", "config.json"}
+    assert len(res.warnings) == 1 and "mesh skipped" in res.warnings[0]
+
+
 def test_sample2d_cli(tiny_uncond_dir, tmp_path, capsys):
     rc = main(["sample2d", "anything", "--model", str(tiny_uncond_dir), "--steps", "5", "--out", str(tmp_path), "--device", "cpu"])
     assert rc == 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 
@@ -74,11 +72,12 @@ def test_s3_presign_uses_public_endpoint(moto_server, s3_bucket):
     assert r.status_code == 200 and r.content == b"\x89PNG..."
 
 
-def test_s3_expired_presign_is_refused(s3_store):
+def test_s3_presign_carries_expiry(s3_store):
+    """moto serves expired links anyway, so check what S3 itself enforces: the signed expiry."""
     s3_store.put_bytes("jobs/j3/a.json", b"{}", "application/json")
-    url = s3_store.presign_get("jobs/j3/a.json", 1)
-    time.sleep(2.1)
-    assert httpx.get(url, timeout=10).status_code == 403
+    q = httpx.URL(s3_store.presign_get("jobs/j3/a.json", 123)).params
+    assert q["X-Amz-Expires"] == "123" and q["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
+    assert q["X-Amz-SignedHeaders"] == "host" and len(q["X-Amz-Signature"]) == 64
 
 
 def test_s3_ping_fails_for_missing_bucket(moto_server):

@@ -1,0 +1,86 @@
+"""Quality measures of an SJC result against the analytic ground truth (used by the bench and the tests).
+
+- :func:`yaw_iou`: 3D IoU of the field's occupancy with a shape, best over rotations about the vertical axis
+  (the prior has no preferred azimuth, so the object may come out turned).
+- :func:`object_color`: the mean decoded RGB of the object's pixels (opacity > 0.5) over a turntable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from sjc_engine.cameras import turntable
+
+from .shapes import occupancy, rotate_y
+
+
+def iou(a: Tensor, b: Tensor) -> float:
+    """Intersection over union of two boolean masks of one shape (0 when both are empty)."""
+    inter = (a & b).sum().item()
+    union = (a | b).sum().item()
+    return inter / union if union else 0.0
+
+
+@torch.no_grad()
+def yaw_iou(occ: Tensor, points: Tensor, shape: str, n_yaw: int = 24) -> tuple[float, float]:
+    """Best IoU of ``occ`` (N, N, N) with ``shape`` turned about +y, over ``n_yaw`` angles in [0, 360).
+
+    Args:
+        occ: the field's occupancy at its grid nodes.
+        points: (N, N, N, 3) world coordinates of those nodes (``field.grid_points()``).
+        shape: ground-truth shape name.
+        n_yaw: rotations tried.
+
+    Returns:
+        (best IoU, its yaw in degrees).
+    """
+    occ = occ.bool().cpu()
+    pts = points.cpu()
+    best, best_deg = -1.0, 0.0
+    for k in range(n_yaw):
+        deg = 360.0 * k / n_yaw
+        gt = occupancy(shape, rotate_y(pts, math.radians(deg)))
+        v = iou(occ, gt)
+        if v > best:
+            best, best_deg = v, deg
+    return best, best_deg
+
+
+@torch.no_grad()
+def object_color(
+    field: torch.nn.Module,
+    decode: Callable[[Tensor], Tensor],
+    radius: float,
+    fov_deg: float,
+    size: int = 32,
+    n_views: int = 8,
+    elevation_deg: float = 20.0,
+    min_opacity: float = 0.5,
+) -> tuple[tuple[float, float, float] | None, float]:
+    """Mean RGB in [0, 1] of the pixels with opacity > ``min_opacity`` over ``n_views`` turntable views.
+
+    Returns:
+        (mean colour, or ``None`` when no pixel is opaque; the fraction of opaque pixels).
+    """
+    from sjc_engine.renderer import render_image
+
+    total = torch.zeros(3)
+    count = 0
+    pixels = 0
+    for cam in turntable(n_views, size, radius, elevation_deg, fov_deg):
+        out = render_image(field, cam)
+        rgb = decode(out.image[None].float())[0].cpu()  # (3, H', W')
+        mask = out.opacity.cpu() > min_opacity  # (H, W)
+        if rgb.shape[-2:] != mask.shape:
+            mask = torch.nn.functional.interpolate(mask[None, None].float(), size=rgb.shape[-2:])[0, 0] > 0.5
+        total += rgb[:, mask].sum(dim=1)
+        count += int(mask.sum())
+        pixels += mask.numel()
+    if count == 0:
+        return None, 0.0
+    mean = total / count
+    return (float(mean[0]), float(mean[1]), float(mean[2])), count / pixels

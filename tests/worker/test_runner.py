@@ -1,0 +1,146 @@
+"""worker.runner in-process, against a real redis-server, moto's S3 server and a real (tiny) model."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from sjc_service.events import EventStream
+from sjc_service.jobs import utcnow
+from sjc_service.schemas import JobStatus
+from tests.fixtures.service import wait_until
+from worker.context import WorkerContext
+from worker.reaper import reap_expired
+from worker.runner import run_job
+
+
+@pytest.fixture
+def ctx(service_settings) -> WorkerContext:
+    return WorkerContext.from_settings(service_settings, worker_id="test-host:1")
+
+
+def _params(service_model, **kw):
+    p = {"prompt": "a red sphere", "model": service_model.name, "seed": 1, "steps": 6, "grid_size": 12,
+         "render_size": 16, "video_frames": 2, "preview_every": 3, "mesh_threshold": 0.3}
+    p.update(kw)
+    return p
+
+
+def test_job_succeeds_with_files_manifest_and_ordered_events(ctx, service_model):
+    import trimesh
+
+    rec, _ = ctx.jobs.create("alice", _params(service_model))
+    assert run_job(rec.id, ctx) == "succeeded"
+    done = ctx.jobs.get(rec.id)
+    assert done.status == JobStatus.succeeded and done.progress == 100.0 and done.step == 6
+    assert done.attempt == 1 and done.finished_at is not None and not ctx.jobs.lease_alive(rec.id)
+    names = {a.name: a for a in done.artifacts}
+    for name in ("field.pt", "turntable.mp4", "mesh.glb", "mesh.ply", "mesh.obj", "config.json", "manifest.json",
+                 "previews/step_000003.png", "previews/step_000006.png"):
+        assert name in names, sorted(names)
+    assert names["mesh.glb"].content_type == "model/gltf-binary" and names["turntable.mp4"].content_type == "video/mp4"
+    for a in done.artifacts:  # every artifact is in the store with its content type and size
+        head = ctx.store.head(a.key)
+        assert head is not None and head.size == a.size and head.content_type == a.content_type, a
+    manifest = json.loads(ctx.store.get_bytes(f"jobs/{rec.id}/manifest.json"))
+    assert manifest["job_id"] == rec.id and manifest["steps_done"] == 6 and manifest["params"]["seed"] == 1
+    assert {m["name"] for m in manifest["artifacts"]} == set(names) - {"manifest.json"}
+    glb = ctx.store.get_bytes(f"jobs/{rec.id}/mesh.glb")
+    mesh = trimesh.load(io.BytesIO(glb), file_type="glb", force="mesh")
+    assert len(mesh.vertices) > 0 and len(mesh.faces) > 0
+
+    events = EventStream(ctx.jobs.redis).read(rec.id, count=1000)
+    kinds = [e for _, e, _ in events]
+    assert kinds[0] == "state" and kinds[-1] == "done" and kinds.count("done") == 1
+    stages = [d["stage"] for _, e, d in events if e == "state"]
+    assert stages[:3] == ["queued", "loading_model", "optimizing"] and stages[-1] == "done"
+    assert [d["status"] for _, e, d in events if e == "state"][-1] == "succeeded"
+    steps = [d["step"] for _, e, d in events if e == "progress"]
+    assert steps[0] == 1 and steps[-1] == 6 and steps == sorted(steps)
+    assert {"score", "emptiness"} <= set(events[[e for _, e, _ in events].index("progress")][2]["losses"])
+    previews = [d["key"] for _, e, d in events if e == "preview"]
+    assert previews == [f"jobs/{rec.id}/previews/step_000003.png", f"jobs/{rec.id}/previews/step_000006.png"]
+
+    # delivered a second time (acks_late): nothing happens
+    assert run_job(rec.id, ctx) == "skipped: already succeeded"
+    assert ctx.jobs.get(rec.id).attempt == 1
+
+
+def test_bad_prompt_and_missing_model_fail_with_codes(ctx, service_model):
+    bad, _ = ctx.jobs.create("alice", _params(service_model, prompt="a purple dodecahedron"))
+    assert run_job(bad.id, ctx) == "failed"
+    assert ctx.jobs.get(bad.id).error.code == "invalid_prompt"
+    missing, _ = ctx.jobs.create("alice", _params(service_model, model="no-such-model"))
+    assert run_job(missing.id, ctx) == "failed"
+    err = ctx.jobs.get(missing.id).error
+    assert err.code == "model_not_found" and "no-such-model" in err.message
+    assert not ctx.jobs.lease_alive(bad.id)
+
+
+def test_skips_job_leased_by_another_worker(ctx, service_model):
+    rec, _ = ctx.jobs.create("alice", _params(service_model))
+    assert ctx.jobs.acquire_lease(rec.id, "other-host:9", ttl=30)
+    assert run_job(rec.id, ctx).startswith("skipped: running on other-host:9")
+    assert ctx.jobs.get(rec.id).status == JobStatus.queued
+
+
+def test_gives_up_after_max_attempts(ctx, service_model):
+    rec, _ = ctx.jobs.create("alice", _params(service_model))
+    ctx.jobs.transition(rec.id, {"queued"}, "running", attempt=ctx.settings.max_attempts)  # crashed each time
+    assert run_job(rec.id, ctx) == "skipped: failed"
+    done = ctx.jobs.get(rec.id)
+    assert done.status == JobStatus.failed and done.error.code == "too_many_attempts"
+
+
+def test_cancel_running_keeps_state_then_resume_finishes(ctx, service_model):
+    """Cancel a running job: it stops within ~1 s and keeps its resumable state. Then pretend it had
+    crashed instead (back to running, lease gone): the next run resumes from that state."""
+    rec, _ = ctx.jobs.create("alice", _params(service_model, steps=400, preview_every=0))
+    out: dict[str, str] = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", run_job(rec.id, ctx)))
+    t.start()
+    wait_until(lambda: (ctx.jobs.get(rec.id).step or 0) >= 8, 60, what="8 steps")
+    t_cancel = time.monotonic()
+    ctx.jobs.request_cancel(rec.id)
+    t.join(30)
+    assert out["r"] == "canceled" and time.monotonic() - t_cancel < 5
+    canceled = ctx.jobs.get(rec.id)
+    assert canceled.status == JobStatus.canceled and 8 <= canceled.step < 400
+    state_key = f"jobs/{rec.id}/resume/state.pt"
+    assert ctx.store.head(state_key) is not None
+    assert "field.pt" in {a.name for a in canceled.artifacts}
+
+    # simulate a crashed worker: running, attempt 1, no lease; make the run short
+    stopped_at = canceled.step
+    ctx.jobs.transition_with(rec.id, None, lambda r: {
+        "status": "running", "cancel_requested": False, "params": {**r.params, "steps": stopped_at + 3}})
+    assert run_job(rec.id, ctx) == "succeeded"
+    done = ctx.jobs.get(rec.id)
+    assert done.resumed_from_step == stopped_at and done.step == stopped_at + 3 and done.attempt == 2
+    steps = [d["step"] for _, e, d in EventStream(ctx.jobs.redis).read(rec.id, count=2000) if e == "progress"]
+    assert steps[-1] == stopped_at + 3 and stopped_at + 1 in steps
+
+
+def test_reaper_requeues_running_job_with_dead_lease(ctx, service_model):
+    rec, _ = ctx.jobs.create("alice", _params(service_model))
+    ctx.jobs.transition(rec.id, {"queued"}, "running", attempt=1)
+    alive, _ = ctx.jobs.create("alice", _params(service_model))
+    ctx.jobs.transition(alive.id, {"queued"}, "running", attempt=1)
+    ctx.jobs.acquire_lease(alive.id, "w-alive", ttl=30)
+    sent: list[str] = []
+    assert reap_expired(ctx.jobs, sent.append, grace_s=60) == []  # updated just now: within the grace
+    # age both records past the grace period
+    old = utcnow() - timedelta(seconds=120)
+    for job_id in (rec.id, alive.id):
+        ctx.jobs.redis.hset(f"sjc:job:{job_id}", "updated_at", json.dumps(old.isoformat()))
+    assert reap_expired(ctx.jobs, sent.append, grace_s=60) == [rec.id]
+    assert sent == [rec.id]
+    requeued = ctx.jobs.get(rec.id)
+    assert requeued.status == JobStatus.queued and requeued.stage == "requeued" and requeued.attempt == 1
+    assert ctx.jobs.queue_position(rec.id) == 0
+    assert ctx.jobs.get(alive.id).status == JobStatus.running
