@@ -117,4 +117,5 @@ class JobRecord(BaseModel):
     finished_at: datetime | None = None
     updated_at: datetime
     artifacts: list[Artifact] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list, description="outputs skipped and why (e.g. no mesh surface)")
     cancel_requested: bool = False

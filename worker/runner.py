@@ -194,7 +194,8 @@ def _run(ctx: WorkerContext, rec: JobRecord, keeper: LeaseKeeper, work_dir: Path
         artifacts.append(Artifact(name="manifest.json", key=info.key, content_type=info.content_type,
                                   size=info.size, sha256=hashlib.sha256(body).hexdigest()))
         ok = ctx.jobs.transition(job_id, {JobStatus.running}, JobStatus.succeeded, artifacts=artifacts,
-                                 progress=100.0, step=result.steps_done, stage="done", eta_s=0.0)
+                                 progress=100.0, step=result.steps_done, stage="done", eta_s=0.0,
+                                 warnings=list(getattr(result, "warnings", []) or []))
         return "succeeded" if ok else "lost"
     except JobFailed as exc:
         _fail(ctx, job_id, exc.code, exc.message)
@@ -260,6 +261,7 @@ def _manifest(rec: JobRecord, result: Any, artifacts: list[Artifact]) -> dict[st
         "params": rec.params,
         "config": result.config.to_dict(),
         "steps_done": result.steps_done,
+        "warnings": list(getattr(result, "warnings", []) or []),
         "attempt": rec.attempt,
         "created_at": rec.created_at.isoformat(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

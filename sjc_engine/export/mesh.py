@@ -3,7 +3,8 @@
 Colours come from what the field actually looks like: the field is rendered from several views, the feature
 images are decoded to RGB (a VAE decode for latent models, ``[-1, 1] -> [0, 1]`` for pixel models), each vertex
 is projected into every view, and the colours of the views where it is visible (its distance matches the
-rendered depth at its pixel) are averaged, weighted by how squarely the view sees the surface.
+rendered depth at its pixel) are averaged, weighted by how squarely the view sees the surface. The background's
+share is removed from the renderings first (features divided by opacity), so haze does not wash colours out.
 """
 
 from __future__ import annotations
@@ -42,6 +43,19 @@ def _keep_large_components(occ: np.ndarray, keep_ratio: float) -> np.ndarray:
     return np.isin(labels, keep)
 
 
+@torch.no_grad()
+def solid_occupancy(field: VoxelField, threshold: float, keep_ratio: float = 0.1) -> np.ndarray:
+    """Bool (N, N, N) ``[x, y, z]``: density above ``threshold``, floaters dropped, enclosed cavities filled.
+
+    Renderings only constrain what is visible, so a fitted object is often a dense shell around an interior
+    left at the initial density; filling cavities makes the occupancy (and the mesh) solid. Use this for IoU.
+    """
+    occ = field.density_grid().float().cpu().numpy() > threshold
+    if not occ.any():
+        return occ
+    return ndimage.binary_fill_holes(_keep_large_components(occ, keep_ratio))
+
+
 def color_views(n_views: int, size: int, radius: float, fov_deg: float) -> list[Camera]:
     """Cameras around the origin for colouring: azimuths evenly spaced, elevations alternating +30 / -15 deg."""
     return [
@@ -74,7 +88,12 @@ def vertex_colors_from_views(
     wsum = torch.zeros(V)
     for cam in cameras:
         out = render_image(field, cam, step_ratio, bg_depth=0.0)
-        rgb = decode(out.image[None].to(field.density.device))[0].float().cpu().clamp(0, 1)  # (3, H', W')
+        # the object's own features: take the background's share out and renormalise by the opacity
+        _, dirs = cam.rays(device=field.density.device, dtype=field.density.dtype)
+        bg = field.background(dirs.reshape(-1, 3)).T.reshape_as(out.image)  # (C, H, W)
+        op = out.opacity[None]  # (1, H, W)
+        fg = (out.image - (1 - op) * bg) / op.clamp(min=1e-3)
+        rgb = decode(fg[None])[0].float().cpu().clamp(0, 1)  # (3, H', W')
         opacity = out.opacity.cpu()  # (H, W)
         surf = (out.depth.cpu() / opacity.clamp(min=1e-6))  # (H, W) expected distance of the surface
         c2w = cam.c2w.float()
@@ -151,8 +170,9 @@ def extract_mesh(
         raise EmptyMeshError(
             f"no surface at threshold {threshold}: density ranges over [{density.min():.4g}, {density.max():.4g}]"
         )
-    keep = _keep_large_components(occ, keep_ratio)
-    vol = np.where(occ & ~keep, np.minimum(density, threshold * 0.5), density)  # floaters pushed below the level
+    solid = solid_occupancy(field, threshold, keep_ratio)
+    vol = np.where(occ & ~solid, np.minimum(density, threshold * 0.5), density)  # floaters pushed below the level
+    vol = np.where(solid & ~occ, np.maximum(density, threshold * 2.0), vol)  # enclosed cavities filled
     vol = np.pad(vol, 1, mode="constant", constant_values=min(float(vol.min()), threshold * 0.5))  # closed surface
     verts, faces, normals, _ = measure.marching_cubes(vol, level=threshold)
     n = field.grid_size

@@ -40,14 +40,16 @@ def test_submit_wait_downloads_verified_artifacts(api_server, worker_process, tm
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["params"]["steps"] == 4 and manifest["params"]["seed"] == 3
     listed = {a["key"].split("/", 2)[2]: a for a in manifest["artifacts"]}
-    for name in ("field.pt", "turntable.mp4", "mesh.glb", "mesh.ply", "mesh.obj", "config.json"):
-        assert name in listed, f"{name} missing from the manifest: {sorted(listed)}"
+    # A 4-step field may hold no surface yet, so the mesh is optional here (tests/engine cover it).
+    assert {"field.pt", "turntable.mp4", "config.json"} <= set(listed), sorted(listed)
+    for name, artifact in listed.items():
         data = (out / name).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == listed[name]["sha256"], name
+        assert hashlib.sha256(data).hexdigest() == artifact["sha256"], name
         assert f"{name}: http" in proc.stdout  # the link was printed
-    assert (out / "mesh.glb").read_bytes()[:4] == b"glTF"
     assert (out / "turntable.mp4").read_bytes()[4:8] == b"ftyp"
     assert zipfile.is_zipfile(out / "field.pt")  # torch.save's format
+    if "mesh.glb" in listed:
+        assert (out / "mesh.glb").read_bytes()[:4] == b"glTF"
     assert list((out / "previews").glob("*.png"))
     assert not (out / "resume").exists()  # the resumable state is not downloaded by default
 

@@ -144,3 +144,14 @@ def test_reaper_requeues_running_job_with_dead_lease(ctx, service_model):
     assert requeued.status == JobStatus.queued and requeued.stage == "requeued" and requeued.attempt == 1
     assert ctx.jobs.queue_position(rec.id) == 0
     assert ctx.jobs.get(alive.id).status == JobStatus.running
+
+
+def test_empty_mesh_is_a_warning_not_a_failure(ctx, service_model):
+    rec, _ = ctx.jobs.create("alice", _params(service_model, steps=2, mesh_threshold=999.0, outputs=["checkpoint", "mesh"]))
+    assert run_job(rec.id, ctx) == "succeeded"
+    done = ctx.jobs.get(rec.id)
+    assert len(done.warnings) == 1 and "mesh" in done.warnings[0] and "999" in done.warnings[0]
+    names = {a.name for a in done.artifacts}
+    assert "field.pt" in names and not any(n.startswith("mesh.") for n in names)
+    manifest = json.loads(ctx.store.get_bytes(f"jobs/{rec.id}/manifest.json"))
+    assert manifest["warnings"] == done.warnings

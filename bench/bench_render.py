@@ -1,0 +1,129 @@
+"""Seconds per optimiser step of the renderer: render forward, backward, Adamax step.
+
+Settings: the reference's (100^3 grid, 64 x 64 render, 4 channels) and the embedded model's (64^3, 32 x 32,
+3 channels), with a random density field (raw density ~ N(0, 1): every sample contributes, nothing skipped,
+the worst case for the sparse paths). Median over repeats after warm-up, on CPU and on CUDA when present
+(synchronised around each phase). The reference implementation's figures on the same kind of 2-core machine
+are printed beside ours; ``--reference`` also times a re-implementation of the reference's dense algorithm
+(``F.grid_sample`` on every sample of a (k, n) tensor) in this process, for a same-machine ratio.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_render.py [--repeats 7] [--reference]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sjc_engine.cameras import sample_camera  # noqa: E402
+from sjc_engine.field import VoxelField  # noqa: E402
+from sjc_engine.renderer import ray_box, render_rays  # noqa: E402
+
+SETTINGS = {"reference": (100, 64, 4), "embedded": (64, 32, 3)}
+REFERENCE_SECONDS = {"reference": 0.38, "embedded": 0.058}  # pals-ttic/sjc, forward + backward + Adamax
+
+
+def dense_reference_render(field: VoxelField, origins: torch.Tensor, dirs: torch.Tensor, step_ratio: float = 0.5):
+    """The reference's algorithm (voxnerf/render.py): dense (k, n) samples, grid_sample, cumprod, masks."""
+    step = step_ratio * field.voxel_size
+    t_min, t_max = ray_box(origins, dirs, field.bbox)
+    hit = t_max > t_min
+    o, d, t_min, t_max = origins[hit], dirs[hit], t_min[hit], t_max[hit]
+    k = int(((t_max - t_min).max() / step).item()) + 1
+    ticks = step * torch.arange(k, device=o.device).view(k, 1, 1)
+    dists = t_min.view(-1, 1) + ticks  # (k, n, 1)
+    pts = o + d * dists  # (k, n, 3)
+    mask = (ticks < (t_max - t_min).view(-1, 1)).squeeze(-1)  # (k, n)
+
+    def lookup(grid: torch.Tensor, p: torch.Tensor) -> torch.Tensor:  # (C, N, N, N), (P, 3) -> (C, P)
+        g = (p / field.bbox)[:, [2, 1, 0]].view(1, -1, 1, 1, 3)
+        return F.grid_sample(grid[None], g, align_corners=True).view(grid.shape[0], -1)
+
+    sigma = torch.zeros(k, o.shape[0], device=o.device)
+    sigma[mask] = field.activate(lookup(field.density, pts[mask])[0])
+    alpha = 1 - torch.exp(-sigma * step)
+    trans = torch.ones_like(alpha)
+    trans[1:] = (1 - alpha).cumprod(dim=0)[:-1]
+    w = alpha * trans
+    m2 = w > 1e-4
+    colors = torch.zeros(k, o.shape[0], field.channels, device=o.device)
+    colors[m2] = lookup(field.features, pts[m2]).T
+    w = w.view(k, -1, 1)
+    return (w * colors).sum(0) + (1 - w.sum(0)) * field.background(d)
+
+
+def time_steps(render, field: VoxelField, rays: list, repeats: int, warmup: int, device: torch.device) -> dict:
+    opt = torch.optim.Adamax(field.param_groups(0.05, 1e-4))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rows = []
+    for i in range(warmup + repeats):
+        o, d = rays[i % len(rays)]
+        sync()
+        t0 = time.perf_counter()
+        feats = render(field, o, d)
+        loss = feats.square().mean()
+        sync()
+        t1 = time.perf_counter()
+        loss.backward()
+        sync()
+        t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        t3 = time.perf_counter()
+        if i >= warmup:
+            rows.append((t1 - t0, t2 - t1, t3 - t2))
+    fwd, bwd, optim = (statistics.median(c) for c in zip(*rows))
+    total = statistics.median([sum(r) for r in rows])
+    return {"forward": fwd, "backward": bwd, "optimizer": optim, "total": total}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--reference", action="store_true", help="also time the reference's dense algorithm here")
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    args = ap.parse_args(argv)
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, devices {[str(d) for d in devices]}")
+    for device in devices:
+        for name in args.settings:
+            n, size, channels = SETTINGS[name]
+            torch.manual_seed(0)
+            field = VoxelField(n, channels).to(device)
+            with torch.no_grad():
+                field.density.normal_()
+            rng = np.random.default_rng(0)
+            rays = []
+            for _ in range(4):
+                o, d = sample_camera(rng, size).rays(device=device)
+                rays.append((o.reshape(-1, 3), d.reshape(-1, 3)))
+            runs = {"ours": lambda f, o, d: render_rays(f, o, d).features}
+            if args.reference:
+                runs["reference algorithm, here"] = dense_reference_render
+            for label, render in runs.items():
+                r = time_steps(render, field, rays, args.repeats, args.warmup, device)
+                line = (
+                    f"{device.type:4s} {name:9s} {n}^3 {size}x{size} C={channels} {label:26s} "
+                    f"forward {r['forward']:.4f}  backward {r['backward']:.4f}  adamax {r['optimizer']:.4f}  "
+                    f"total {r['total']:.4f} s"
+                )
+                if device.type == "cpu" and label == "ours":
+                    ref = REFERENCE_SECONDS[name]
+                    line += f"   (reference implementation: {ref:.3f} s -> {ref / r['total']:.1f}x)"
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
