@@ -1,6 +1,7 @@
 # Shared set-up of scripts/demo.sh and scripts/test.sh (sourced, not run).
 #
-# ensure_venv          .venv with torch==2.13.0 and this package installed editable with its dev extras
+# ensure_venv          .venv with torch==2.13.0 and this package installed editable with its dev extras,
+#                      at the versions pinned in constraints.txt (tested together)
 #                      (skipped when already done for the current pyproject.toml)
 # ensure_redis_server  redis-server from Debian's packages when it is not on PATH
 #
@@ -37,11 +38,11 @@ ensure_venv() {
         "$PY" -m pip install ${SJC_TORCH_INDEX_URL:+--index-url "$SJC_TORCH_INDEX_URL"} torch==2.13.0
     fi
     local stamp="$VENV/.sjc-install-stamp" want
-    want="$(cat pyproject.toml | sha256sum | cut -c1-16) $(pwd)"
+    want="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16) $(pwd)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] ||
         ! "$PY" -c 'import importlib.metadata as m; m.version("sjc")' >/dev/null 2>&1; then
         log "installing this package: pip install -e '.[dev]'"
-        "$PY" -m pip install -e '.[dev]'
+        "$PY" -m pip install -c constraints.txt -e '.[dev]'
         echo "$want" >"$stamp"
     fi
 }

@@ -57,7 +57,8 @@ class SJCConfig:
         checkpoint_every: steps between checkpoint callbacks (0: never).
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
         half: fp16 denoiser on CUDA.
-        mesh_threshold: density above which a voxel counts as occupied for the mesh and IoU.
+        mesh_threshold: activated density above which a voxel counts as occupied for the mesh and IoU
+            (default 5.0: about 10% opacity per voxel at 100^3, 16x the 0.31 of untouched space).
         video_frames: frames of the turntable video.
     """
 
@@ -93,7 +94,7 @@ class SJCConfig:
     checkpoint_every: int = 500
     device: Literal["auto", "cpu", "cuda"] = "auto"
     half: bool = True
-    mesh_threshold: float = 1.0
+    mesh_threshold: float = 5.0
     video_frames: int = 60
     extra: dict[str, Any] = field(default_factory=dict)
 
