@@ -34,7 +34,7 @@ def create_app(
     Args:
         settings: service settings (default: :func:`get_settings`, from the environment).
         sse_heartbeat_s: seconds between heartbeat comments on idle event streams
-            (default: ``settings.sse_heartbeat_s`` when the settings have it, else 15).
+            (default: ``settings.sse_heartbeat_s``).
         max_body_bytes: largest request body accepted (413 beyond).
     """
     settings = settings or get_settings()

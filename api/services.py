@@ -56,7 +56,7 @@ class Services:
             store=make_store(settings),
             celery=make_celery(settings, main="sjc-api"),
             keys=ApiKeyStore(client),
-            sse_heartbeat_s=sse_heartbeat_s or float(getattr(settings, "sse_heartbeat_s", 15.0)),
+            sse_heartbeat_s=sse_heartbeat_s or settings.sse_heartbeat_s,
         )
 
     def ensure_keys(self) -> None:

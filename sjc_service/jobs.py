@@ -8,6 +8,7 @@ Layout (all keys prefixed ``sjc:``):
 - ``queue``: sorted set of queued job ids by creation time (queue position).
 - ``running``: set of running job ids (the worker's reaper scans it).
 - ``counts``: hash status -> number of jobs (``/metrics``).
+- ``durations``: hash of cumulative run-time histogram counters of finished jobs (``/metrics``).
 - ``idem:{owner}:{key}``: ``{"job_id", "request_hash"}`` of an ``Idempotency-Key``, with a TTL.
 - ``job:{id}:lease``: the id of the worker running the job, with a TTL it keeps renewing.
 - ``job:{id}:events``: the job's event stream (:mod:`sjc_service.events`).
@@ -37,6 +38,9 @@ PREFIX = "sjc:"
 QUEUE_KEY = PREFIX + "queue"
 RUNNING_KEY = PREFIX + "running"
 COUNTS_KEY = PREFIX + "counts"
+DURATIONS_KEY = PREFIX + "durations"
+# upper bounds (seconds) of the run-time histogram of finished jobs, cumulative like Prometheus' ``le``
+DURATION_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
 
 _RENEW_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -50,6 +54,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+class ActiveJobLimit(RuntimeError):
+    """The owner already has ``limit`` queued or running jobs (HTTP 429)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the owner already has {limit} queued or running jobs")
+        self.limit = limit
 
 
 class IdempotencyConflict(ValueError):
@@ -137,11 +149,15 @@ class JobStore:
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         idempotency_ttl_s: int = 24 * 3600,
+        max_active: int | None = None,
     ) -> tuple[JobRecord, bool]:
         """Create a queued job; returns ``(record, created)``.
 
         With ``idempotency_key``, a second call with the same key returns the first job and
         ``created=False``; with a different ``request_hash`` it raises :class:`IdempotencyConflict`.
+        With ``max_active``, raises :class:`ActiveJobLimit` when the owner already has that many
+        queued or running jobs; the check and the insert are one optimistic transaction, so
+        concurrent requests cannot overshoot the cap.
         """
         job_id = new_job_id()
         if idempotency_key is not None:
@@ -161,15 +177,26 @@ class JobStore:
             updated_at=now,
         )
         score = _score(rec)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(job_key(job_id), mapping=_encode(rec.model_dump()))
-        pipe.zadd(owner_jobs_key(owner), {job_id: score})
-        pipe.sadd(owner_active_key(owner), job_id)
-        pipe.zadd(QUEUE_KEY, {job_id: score})
-        pipe.hincrby(COUNTS_KEY, JobStatus.queued.value, 1)
-        xadd_event(pipe, job_id, "state", self._state_data(rec), self.events_maxlen)
-        pipe.execute()
-        return rec, True
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(owner_active_key(owner))
+                    if max_active is not None and pipe.scard(owner_active_key(owner)) >= max_active:
+                        pipe.unwatch()
+                        if idempotency_key is not None:
+                            self.redis.delete(idem_key(owner, idempotency_key))
+                        raise ActiveJobLimit(max_active)
+                    pipe.multi()
+                    pipe.hset(job_key(job_id), mapping=_encode(rec.model_dump()))
+                    pipe.zadd(owner_jobs_key(owner), {job_id: score})
+                    pipe.sadd(owner_active_key(owner), job_id)
+                    pipe.zadd(QUEUE_KEY, {job_id: score})
+                    pipe.hincrby(COUNTS_KEY, JobStatus.queued.value, 1)
+                    xadd_event(pipe, job_id, "state", self._state_data(rec), self.events_maxlen)
+                    pipe.execute()
+                    return rec, True
+                except redis.WatchError:
+                    continue
 
     def _existing_for_key(self, ikey: str, request_hash: str | None) -> JobRecord:
         deadline = time.monotonic() + 2.0
@@ -298,6 +325,8 @@ class JobStore:
                     if new.status != old.status or new.stage != old.stage:
                         xadd_event(pipe, job_id, "state", self._state_data(new), self.events_maxlen)
                     if new.status != old.status and new.status in TERMINAL:
+                        if new.started_at is not None and new.finished_at is not None:
+                            self._record_duration(pipe, (new.finished_at - new.started_at).total_seconds())
                         xadd_event(pipe, job_id, "done", new.model_dump(mode="json"), self.events_maxlen)
                         pipe.expire(events_key(job_id), FINISHED_STREAM_TTL_S)
                     pipe.execute()
@@ -320,6 +349,21 @@ class JobStore:
             pipe.sadd(owner_active_key(new.owner), new.id)
         else:
             pipe.srem(owner_active_key(new.owner), new.id)
+
+    @staticmethod
+    def _record_duration(pipe: Any, seconds: float) -> None:
+        for bound in DURATION_BUCKETS:
+            if seconds <= bound:
+                pipe.hincrby(DURATIONS_KEY, f"le:{bound:g}", 1)
+        pipe.hincrby(DURATIONS_KEY, "count", 1)
+        pipe.hincrbyfloat(DURATIONS_KEY, "sum", seconds)
+
+    def duration_histogram(self) -> tuple[list[tuple[str, int]], float]:
+        """Cumulative ``[(le, count), ..., ("+Inf", count)]`` and the sum of finished jobs' run times."""
+        raw = self.redis.hgetall(DURATIONS_KEY)
+        buckets = [(f"{b:g}", int(raw.get(f"le:{b:g}", 0))) for b in DURATION_BUCKETS]
+        buckets.append(("+Inf", int(raw.get("count", 0))))
+        return buckets, float(raw.get("sum", 0.0))
 
     @staticmethod
     def _state_data(rec: JobRecord) -> dict[str, Any]:

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
         work_dir: scratch folder of the worker (one sub-folder per job, removed afterwards).
         events_maxlen: most events kept per job stream (approximate trimming).
         idempotency_ttl_s: how long an ``Idempotency-Key`` is remembered.
+        sse_heartbeat_s: seconds between heartbeat comments on an idle event stream.
     """
 
     model_config = SettingsConfigDict(env_prefix="SJC_", extra="ignore")
@@ -86,6 +87,7 @@ class Settings(BaseSettings):
     work_dir: str = ".sjc/work"
     events_maxlen: int = Field(2000, ge=10)
     idempotency_ttl_s: int = Field(24 * 3600, ge=1)
+    sse_heartbeat_s: float = Field(15.0, gt=0)
 
     @field_validator("model_dirs", mode="before")
     @classmethod

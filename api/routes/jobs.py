@@ -12,7 +12,7 @@ from api.job_params import effective_params, request_hash
 from api.job_views import JobOut, JobPage, to_view
 from api.ownership import owned_job
 from api.problems import Problem, field_error, problem_responses
-from sjc_service.jobs import IdempotencyConflict, idem_key
+from sjc_service.jobs import ActiveJobLimit, IdempotencyConflict, idem_key
 from sjc_service.queue import enqueue_job
 from sjc_service.schemas import TERMINAL, JobCreate, JobStatus
 
@@ -34,16 +34,16 @@ def create_job(
     with a different body it is a 422 (draft-ietf-httpapi-idempotency-key-header, section 2.7)."""
     settings, jobs = services.settings, services.jobs
     params = effective_params(body, settings)
-    replay = idempotency_key is not None and bool(services.redis.exists(idem_key(owner, idempotency_key)))
-    if not replay and jobs.active_count(owner) >= settings.max_active_jobs_per_key:
-        raise Problem(
-            429, f"This key already has {settings.max_active_jobs_per_key} queued or running jobs; wait for one "
-            "to finish or cancel one.", slug="too-many-active-jobs", title="Too many active jobs",
-            headers={"Retry-After": str(RETRY_AFTER_S)}, limit=settings.max_active_jobs_per_key,
-        )
     try:
         record, created = jobs.create(owner, params, idempotency_key, request_hash(body),
-                                      idempotency_ttl_s=settings.idempotency_ttl_s)
+                                      idempotency_ttl_s=settings.idempotency_ttl_s,
+                                      max_active=settings.max_active_jobs_per_key)
+    except ActiveJobLimit as exc:
+        raise Problem(
+            429, f"This key already has {exc.limit} queued or running jobs; wait for one "
+            "to finish or cancel one.", slug="too-many-active-jobs", title="Too many active jobs",
+            headers={"Retry-After": str(RETRY_AFTER_S)}, limit=exc.limit,
+        ) from None
     except IdempotencyConflict as exc:
         raise Problem(422, f"Idempotency-Key was already used with a different request (job {exc.job_id}).",
                       slug="idempotency-key-reused", title="Idempotency key reused", job_id=exc.job_id) from None

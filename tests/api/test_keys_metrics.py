@@ -1,4 +1,4 @@
-"""API keys are stored hashed; /metrics reports jobs by status, queue depth and durations."""
+"""API keys are stored hashed; /metrics reports jobs by status, queue depth and a run-time histogram."""
 
 from __future__ import annotations
 
@@ -46,5 +46,9 @@ def test_metrics(client, services):
     assert metric(text, 'sjc_jobs{status="queued"}') == 2 and metric(text, 'sjc_jobs{status="succeeded"}') == 1
     assert metric(text, "sjc_queue_depth") == 2
     assert metric(text, "sjc_broker_messages") == 3  # nothing consumed the Celery messages
-    assert metric(text, 'sjc_job_duration_seconds{quantile="0.5"}') == pytest.approx(90.0)
-    assert metric(text, "sjc_job_duration_window_count") == 1
+    # a 90 s run: outside the 60 s bucket, inside 120 s and every larger one
+    assert metric(text, 'sjc_job_duration_seconds_bucket{le="60"}') == 0
+    assert metric(text, 'sjc_job_duration_seconds_bucket{le="120"}') == 1
+    assert metric(text, 'sjc_job_duration_seconds_bucket{le="+Inf"}') == 1
+    assert metric(text, "sjc_job_duration_seconds_count") == 1
+    assert metric(text, "sjc_job_duration_seconds_sum") == pytest.approx(90.0)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from sjc_service.events import EventStream
-from sjc_service.jobs import IdempotencyConflict, JobStore
+from sjc_service.jobs import ActiveJobLimit, IdempotencyConflict, JobStore, idem_key
 from sjc_service.schemas import JobError, JobStatus
 
 
@@ -185,3 +185,32 @@ def test_delete(jobs, redis_client):
     assert jobs.queue_position(rec.id) is None and jobs.active_count("alice") == 0
     assert jobs.counts_by_status()["queued"] == 0
     assert not jobs.delete(rec.id)
+
+
+def test_active_cap_holds_under_concurrent_creates(redis_url):
+    import redis as redis_lib
+
+    def worker(out: list) -> None:
+        store = JobStore(redis_lib.Redis.from_url(redis_url, decode_responses=True))
+        for _ in range(5):
+            try:
+                store.create("carol", {"steps": 1}, max_active=3)
+                out.append("ok")
+            except ActiveJobLimit:
+                out.append("limit")
+
+    results: list[str] = []
+    threads = [threading.Thread(target=worker, args=(results,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("ok") == 3 and results.count("limit") == 17
+    assert JobStore(redis_lib.Redis.from_url(redis_url, decode_responses=True)).active_count("carol") == 3
+
+
+def test_cap_refusal_releases_the_idempotency_key(jobs):
+    jobs.create("dave", {"steps": 1}, max_active=1)
+    with pytest.raises(ActiveJobLimit):
+        jobs.create("dave", {"steps": 2}, idempotency_key="k1", request_hash="h", max_active=1)
+    assert not jobs.redis.exists(idem_key("dave", "k1"))
