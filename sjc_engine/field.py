@@ -10,11 +10,28 @@ Grid convention: ``grid[..., i, j, k]`` holds the value at world point ``(x_i, y
 ``x_i = -bbox + 2 * bbox * i / (N - 1)`` (nodes on the box corners, like ``grid_sample(align_corners=True)``),
 so ``density_grid()`` and ``occupancy()`` index as ``[x, y, z]``. Lookups are trilinear; the gather/scatter
 kernels below replace ``F.grid_sample`` (3D), whose CPU backward is slow.
+
+Two implementations of the same lookup (:func:`trilinear_points`), both with an analytic backward:
+
+* native (CPU, float32/float64): a small C kernel, compiled once with the system C compiler into
+  ``$SJC_NATIVE_CACHE`` (default ``~/.cache/sjc_engine``) and called through ``ctypes``. Per point it computes
+  the cell and weights and gathers (forward) or scatters (backward) every channel, without the (P, 8) index and
+  weight tensors; ``ctypes`` releases the GIL, so two Python threads split the work. ``SJC_NATIVE=0`` turns it
+  off; without a compiler it is off, with one warning.
+* torch (any device, the fallback): :func:`trilinear_corners` then ``F.embedding_bag`` and ``scatter_add_``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import math
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,6 +48,9 @@ def corner_offsets(n: int) -> list[int]:
     return [a * n * n + b * n + c for a in (0, 1) for b in (0, 1) for c in (0, 1)]
 
 
+_CHUNK = 32768  # points per block in trilinear_corners: keeps the (chunk, 8) outputs in cache while written
+
+
 def trilinear_corners(u: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """The 8 cell corners and trilinear weights of points given in voxel index coordinates.
 
@@ -41,18 +61,36 @@ def trilinear_corners(u: Tensor, n: int) -> tuple[Tensor, Tensor]:
     Returns:
         ``idx`` (P, 8) int32 flat indices ``(i * n + j) * n + k`` into an ``n^3`` grid, and ``w`` (P, 8) weights
         (rows sum to 1), corners in the order of :func:`corner_offsets`.
+
+    The flat base index is computed in ``u``'s floating dtype (exact: integers below ``2^24``) and converted
+    once; the (P, 8) outputs are filled block by block, so their strided writes stay in cache.
     """
     if n**3 >= 2**31:
         raise ValueError(f"grid_size {n} is too large for int32 indices")
+    if u.dim() != 2 or u.shape[1] != 3:
+        raise ValueError(f"u must be (P, 3), got {tuple(u.shape)}")
     u = u.detach()
-    i0 = u.floor().clamp_(0, n - 2)  # (P, 3)
-    fx, fy, fz = (u - i0).clamp_(0.0, 1.0).T.contiguous()  # (P,) each
-    i0 = i0.to(torch.int32)
-    base = (i0[:, 0] * n + i0[:, 1]) * n + i0[:, 2]  # (P,)
-    idx = base[:, None] + torch.tensor(corner_offsets(n), dtype=torch.int32, device=u.device)  # (P, 8)
-    gx, gy, gz = 1 - fx, 1 - fy, 1 - fz
-    xy = (gx * gy, gx * fy, fx * gy, fx * fy)
-    w = torch.stack([a * z for a in xy for z in (gz, fz)], dim=1)  # (P, 8)
+    P = u.shape[0]
+    exact_float = n**3 <= 2**24 or u.dtype == torch.float64
+    offs = torch.tensor(corner_offsets(n), dtype=torch.int32, device=u.device)  # (8,)
+    idx = torch.empty(P, 8, dtype=torch.int32, device=u.device)
+    w = torch.empty(P, 8, dtype=u.dtype, device=u.device)
+    chunk = _CHUNK if u.device.type == "cpu" else max(P, 1)
+    for s in range(0, P, chunk):
+        uc = u[s : s + chunk].T  # (3, c) planar view
+        i0 = uc.floor().clamp_(0, n - 2)  # (3, c) cell's lower corner
+        f = (uc - i0).clamp_(0.0, 1.0)  # (3, c) position inside the cell
+        g = 1.0 - f
+        if exact_float:
+            base = ((i0[0] * n + i0[1]) * n + i0[2]).to(torch.int32)  # (c,)
+        else:
+            i0i = i0.to(torch.int32)
+            base = (i0i[0] * n + i0i[1]) * n + i0i[2]
+        torch.add(base[:, None], offs, out=idx[s : s + chunk])  # (c, 8)
+        wc = w[s : s + chunk]  # (c, 8)
+        for j, a in enumerate((g[0] * g[1], g[0] * f[1], f[0] * g[1], f[0] * f[1])):
+            torch.mul(a, g[2], out=wc[:, 2 * j])
+            torch.mul(a, f[2], out=wc[:, 2 * j + 1])
     return idx, w
 
 
@@ -66,61 +104,381 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def _scatter_add(grad: Tensor, idx: Tensor, w: Tensor, grad_out: Tensor) -> None:
-    """``grad[c, idx[p, k]] += w[p, k] * grad_out[c, p]`` for every channel, in place (grad (C, M)).
+def _run(jobs: list[Any]) -> None:
+    """Run the zero-argument callables ``jobs``; on two Python threads when torch may use more than one.
 
-    ``index_add_`` is serial on CPU; with more than one intra-op thread the channels (or, for one channel,
-    the two halves of the points) are scattered by two Python threads, which release the GIL inside torch.
+    torch releases the GIL inside its kernels, and ``scatter_add_`` is serial on CPU, so channels scattered
+    on two threads run in parallel.
     """
-    flat = idx.reshape(-1)  # (P * 8,)
-
-    def one(c: int, dst: Tensor, sl: slice = slice(None)) -> None:
-        dst.index_add_(0, flat[sl], (w * grad_out[c][:, None]).reshape(-1)[sl])
-
-    C = grad.shape[0]
-    parallel = grad.device.type == "cpu" and torch.get_num_threads() > 1 and idx.shape[0] >= 4096
-    if not parallel:
-        for c in range(C):
-            one(c, grad[c])
-    elif C > 1:
-        list(_pool().map(lambda c: one(c, grad[c]), range(C)))
+    if len(jobs) > 1 and torch.get_num_threads() > 1:
+        for f in [_pool().submit(j) for j in jobs]:
+            f.result()
     else:
-        half = (idx.shape[0] // 2) * 8
-        other = torch.zeros_like(grad[0])
-        jobs = [_pool().submit(one, 0, grad[0], slice(0, half)), _pool().submit(one, 0, other, slice(half, None))]
         for j in jobs:
-            j.result()
-        grad[0] += other
+            j()
+
+
+_SPARSE_ROWS = 0.5  # scatter only the points with a non-zero gradient when fewer than this fraction have one
+
+
+def _scatter_jobs(grad: Tensor, idx: Tensor, idx64: Tensor | None, w: Tensor, grad_out: Tensor) -> list[Any]:
+    """Jobs doing ``grad[c, idx[p, k]] += w[p, k] * grad_out[p, c]`` for every channel ``c`` (grad (C, M)).
+
+    Points whose gradient row is all zero add nothing and are skipped when they are the majority (features
+    of samples below the weight threshold). ``idx64`` is ``idx`` as int64 (``scatter_add_`` wants int64 and is
+    faster than ``index_add_`` with int32), converted once per backward and shared.
+    """
+    P = idx.shape[0]
+    if grad_out.shape[1] > 0 and P > 0:
+        rows = grad_out.ne(0).any(1)  # (P,)
+        n_rows = int(rows.sum())
+        if n_rows < _SPARSE_ROWS * P:
+            sel = rows.nonzero().squeeze(1)  # (P2,)
+            idx, w, grad_out = idx.index_select(0, sel), w.index_select(0, sel), grad_out.index_select(0, sel)
+            idx64 = None
+    flat = (idx64 if idx64 is not None else idx.long()).view(-1)  # (P * 8,)
+
+    def job(c: int) -> Any:
+        return lambda: grad[c].scatter_add_(0, flat, (w * grad_out[:, c, None]).view(-1))
+
+    return [job(c) for c in range(grad.shape[0])]
 
 
 class _Trilinear(torch.autograd.Function):
-    """``out[c, p] = sum_k w[p, k] * grid[c, idx[p, k]]``: trilinear interpolation as a weighted gather.
+    """Trilinear interpolation of several flattened grids at once, as one weighted gather per point.
 
-    Forward: ``F.embedding_bag`` (one fused gather-multiply-sum per point) on a channel-last copy of the grid.
-    Backward: 1D ``index_add_`` per channel. Both are several times faster on CPU than ``F.grid_sample`` 3D,
-    whose backward is serial scalar code. ``w`` gets no gradient (sample positions are fixed).
+    ``out[p, :] = sum_k w[p, k] * table[idx[p, k], :]`` with ``table`` (M, sum C_i) the grids side by side,
+    channels last, so a single ``F.embedding_bag`` (fused gather-multiply-sum, one index walk for every
+    channel) serves the density and the features. Returns one (P, C_i) view per grid.
+
+    Backward is analytic: ``grad_i[c, idx[p, k]] += w[p, k] * grad_out_i[p, c]``, one ``scatter_add_`` per
+    channel into the flat (C_i, M) gradient, reusing the forward's saved ``idx``/``w``; channels are spread
+    over two threads. Both are several times faster on CPU than ``F.grid_sample`` 3D, whose backward is
+    serial scalar code. ``w`` gets no gradient (sample positions are fixed).
     """
 
     @staticmethod
-    def forward(ctx: Any, grid: Tensor, idx: Tensor, w: Tensor) -> Tensor:  # grid (C, M), idx/w (P, 8)
+    def forward(ctx: Any, idx: Tensor, w: Tensor, *grids: Tensor) -> tuple[Tensor, ...]:  # grids (C_i, M)
         ctx.save_for_backward(idx, w)
-        ctx.grid_size = grid.shape[1]
-        table = grid.T.contiguous() if grid.shape[0] > 1 else grid.reshape(-1, 1)  # (M, C)
-        if grid.device.type == "cpu":
-            out = F.embedding_bag(idx, table, per_sample_weights=w, mode="sum")  # (P, C)
+        ctx.shapes = [g.shape for g in grids]
+        if len(grids) == 1 and grids[0].shape[0] == 1:
+            table = grids[0].reshape(-1, 1)  # (M, 1), no copy
+        else:
+            table = torch.cat([g.T for g in grids], dim=1)  # (M, sum C_i)
+        if table.device.type == "cpu":
+            out = F.embedding_bag(idx, table, per_sample_weights=w, mode="sum")  # (P, sum C_i)
         else:  # one gather kernel is as good on GPUs, and embedding_bag wants int64 there
             out = torch.einsum("pkc,pk->pc", table[idx.long()], w)
-        return out.T  # (C, P)
+        splits = [g.shape[0] for g in grids]
+        return tuple(out.split(splits, dim=1))  # (P, C_i) each
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None]:  # grad_out (C, P)
+    def backward(ctx: Any, *grad_outs: Tensor | None) -> tuple[Tensor | None, ...]:
         idx, w = ctx.saved_tensors
-        grad = None
-        if ctx.needs_input_grad[0]:
-            C = grad_out.shape[0]
-            grad = grad_out.new_zeros(C, ctx.grid_size)
-            _scatter_add(grad, idx, w, grad_out.contiguous())
-        return grad, None, None
+        grads: list[Tensor | None] = []
+        jobs: list[Any] = []
+        idx64 = None
+        for i, (shape, go) in enumerate(zip(ctx.shapes, grad_outs)):
+            if not ctx.needs_input_grad[2 + i] or go is None:
+                grads.append(None)
+                continue
+            grad = go.new_zeros(shape)  # (C_i, M)
+            if idx64 is None:
+                idx64 = idx.long()  # (P, 8)
+            jobs += _scatter_jobs(grad, idx, idx64, w, go)
+            grads.append(grad)
+        _run(jobs)
+        return (None, None, *grads)
+
+
+_NATIVE_SRC = r"""
+#include <stdint.h>
+#include <math.h>
+
+/* Cell and trilinear weights of the point x (index coordinates); 0 for a NaN point. Same clamping as
+   trilinear_corners: x into [0, n - 1], cell corner into [0, n - 2]. Corner k = 4a + 2b + c sits at
+   base + a n^2 + b n + c with weight (x: 1 - f | f)(y)(z). */
+static inline int corner_SUF(const T* x3, int64_t n, int64_t* base, T* w) {
+    int64_t c[3];
+    T f[3];
+    for (int a = 0; a < 3; ++a) {
+        T x = x3[a];
+        if (x != x) return 0;
+        if (x < 0) x = 0;
+        if (x > (T)(n - 1)) x = (T)(n - 1);
+        int64_t i = (int64_t)x; /* floor, x >= 0 */
+        if (i > n - 2) i = n - 2;
+        c[a] = i;
+        f[a] = x - (T)i;
+    }
+    *base = (c[0] * n + c[1]) * n + c[2];
+    T gx = 1 - f[0], gy = 1 - f[1], gz = 1 - f[2];
+    T xy[4] = {gx * gy, gx * f[1], f[0] * gy, f[0] * f[1]};
+    for (int j = 0; j < 4; ++j) {
+        w[2 * j] = xy[j] * gz;
+        w[2 * j + 1] = xy[j] * f[2];
+    }
+    return 1;
+}
+
+/* Sample i of ray r sits at start[r] + i * delta[r] (index coordinates), for i < counts[r]; the output has the
+   dense (R, k) layout, one plane per channel, zero past a ray's end and NaN at NaN points.
+   outs[c][r k + i] = sum_k w_k planes[c][corner_k] for rays r in [r0, r1). */
+void tri_fwd_SUF(const T* start, const T* delta, const int64_t* counts, int64_t r0, int64_t r1, int64_t k,
+                 int64_t n, const T* const* planes, int64_t C, T* const* outs) {
+    const int64_t nn = n * n;
+    const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
+    for (int64_t r = r0; r < r1; ++r) {
+        const int64_t m = counts[r] < k ? counts[r] : k;
+        for (int64_t i = 0; i < k; ++i) {
+            const int64_t p = r * k + i;
+            int64_t b;
+            T w[8], x[3];
+            for (int a = 0; a < 3; ++a) x[a] = start[3 * r + a] + (T)i * delta[3 * r + a];
+            if (i >= m || !corner_SUF(x, n, &b, w)) {
+                for (int64_t c = 0; c < C; ++c) outs[c][p] = i >= m ? 0 : NAN;
+                continue;
+            }
+            for (int64_t c = 0; c < C; ++c) {
+                const T* g = planes[c] + b;
+                T s = 0;
+                for (int q = 0; q < 8; ++q) s += w[q] * g[o[q]];
+                outs[c][p] = s;
+            }
+        }
+    }
+}
+
+/* grads[c][corner_k] += w_k gs[c][r k + i] for rays r in [r0, r1), samples i < counts[r], channels c in
+   [c0, c1). Samples whose gradient is zero on those channels are skipped. */
+void tri_bwd_SUF(const T* start, const T* delta, const int64_t* counts, int64_t r0, int64_t r1, int64_t k,
+                 int64_t n, const T* const* gs, int64_t c0, int64_t c1, T* const* grads) {
+    const int64_t nn = n * n;
+    const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
+    for (int64_t r = r0; r < r1; ++r) {
+        const int64_t m = counts[r] < k ? counts[r] : k;
+        for (int64_t i = 0; i < m; ++i) {
+            const int64_t p = r * k + i;
+            int any = 0;
+            for (int64_t c = c0; c < c1; ++c) any |= (gs[c][p] != 0);
+            if (!any) continue;
+            int64_t b;
+            T w[8], x[3];
+            for (int a = 0; a < 3; ++a) x[a] = start[3 * r + a] + (T)i * delta[3 * r + a];
+            if (!corner_SUF(x, n, &b, w)) continue;
+            for (int64_t c = c0; c < c1; ++c) {
+                const T v = gs[c][p];
+                if (v == 0) continue;
+                T* G = grads[c] + b;
+                for (int q = 0; q < 8; ++q) G[o[q]] += w[q] * v;
+            }
+        }
+    }
+}
+"""
+
+_NATIVE_TYPES = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
+_NATIVE_FLAGS = ["-O3", "-shared", "-fPIC"]
+_native_state: dict[str, Any] = {}
+_native_lock = threading.Lock()
+
+
+def _compile_native() -> ctypes.CDLL | None:
+    """Build (once per source/compiler, cached on disk) and load the C kernels; None where that fails."""
+    if os.environ.get("SJC_NATIVE", "1") == "0":
+        return None
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        warnings.warn(f"no C compiler ({cc!r}): trilinear lookups use the slower torch path", RuntimeWarning)
+        return None
+    src = "#include <stdint.h>\n#include <math.h>\n"
+    body = _NATIVE_SRC.split("#include <math.h>", 1)[1]
+    for ty, suf in _NATIVE_TYPES.values():
+        src += f"#define T {ty}\n" + body.replace("SUF", suf) + "#undef T\n"
+    key = hashlib.sha256((src + cc + " ".join(_NATIVE_FLAGS)).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("SJC_NATIVE_CACHE", Path.home() / ".cache" / "sjc_engine"))
+    so = cache / f"trilinear-{key}.so"
+    try:
+        if not so.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                c_file, out = Path(tmp) / "trilinear.c", Path(tmp) / "trilinear.so"
+                c_file.write_text(src)
+                subprocess.run([cc, *_NATIVE_FLAGS, "-o", str(out), str(c_file), "-lm"], check=True,
+                               capture_output=True, timeout=120)
+                os.replace(out, so)  # atomic: concurrent builders each write their own file
+        lib = ctypes.CDLL(str(so))
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        warnings.warn(f"building the trilinear C kernel failed ({e}; {detail.decode(errors='replace')[:500]}): "
+                      "trilinear lookups use the slower torch path", RuntimeWarning)
+        return None
+    vp, i64 = ctypes.c_void_p, ctypes.c_int64
+    for _, suf in _NATIVE_TYPES.values():
+        getattr(lib, f"tri_fwd_{suf}").argtypes = [vp, vp, vp, i64, i64, i64, i64, vp, i64, vp]
+        getattr(lib, f"tri_bwd_{suf}").argtypes = [vp, vp, vp, i64, i64, i64, i64, vp, i64, i64, vp]
+        getattr(lib, f"tri_fwd_{suf}").restype = getattr(lib, f"tri_bwd_{suf}").restype = None
+    return lib
+
+
+def native_lib() -> ctypes.CDLL | None:
+    """The loaded C kernels, or None where they are off or could not be built (decided once per process)."""
+    with _native_lock:
+        if "lib" not in _native_state:
+            _native_state["lib"] = _compile_native()
+        return _native_state["lib"]
+
+
+_MIN_SPLIT = 8192  # samples below which one thread does it all
+
+
+def _ptrs(planes: list[Tensor]) -> Any:
+    return (ctypes.c_void_p * len(planes))(*[p.data_ptr() for p in planes])
+
+
+def _call(fn: Any, *args: Any) -> Any:
+    return lambda: fn(*args)
+
+
+class _NativeTrilinear(torch.autograd.Function):
+    """:func:`trilinear_rays` with the C kernels: grids (C_i, M) in, one (C_i, R, k) tensor per grid out."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, start: Tensor, delta: Tensor, counts: Tensor, k: int, n: int, *grids: Tensor
+    ) -> tuple[Tensor, ...]:
+        fn = getattr(native_lib(), f"tri_fwd_{_NATIVE_TYPES[start.dtype][1]}")
+        R = start.shape[0]
+        outs = [start.new_empty(g.shape[0], R, k) for g in grids]  # (C_i, R, k) each
+        planes = [g[c] for g in grids for c in range(g.shape[0])]  # (M,) each, contiguous
+        out_planes = [o[c] for o in outs for c in range(o.shape[0])]  # (R, k) each
+        src, dst = _ptrs(planes), _ptrs(out_planes)
+        C = len(planes)
+        cuts = [0, R // 2, R] if torch.get_num_threads() > 1 and R * k >= _MIN_SPLIT else [0, R]
+        ptr = (start.data_ptr(), delta.data_ptr(), counts.data_ptr())
+        _run([_call(fn, *ptr, a, b, k, n, src, C, dst) for a, b in zip(cuts, cuts[1:])])
+        ctx.save_for_backward(start, delta, counts)
+        ctx.k, ctx.n, ctx.shapes = k, n, [g.shape for g in grids]
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outs: Tensor | None) -> tuple[Tensor | None, ...]:
+        start, delta, counts = ctx.saved_tensors
+        k, n = ctx.k, ctx.n
+        need = [ctx.needs_input_grad[5 + i] and go is not None for i, go in enumerate(grad_outs)]
+        grads = [go.new_zeros(shape) if nd else None for nd, go, shape in zip(need, grad_outs, ctx.shapes)]
+        gos = [go.contiguous() for nd, go in zip(need, grad_outs) if nd]  # (C_i, R, k) each
+        g_planes = [go[c] for go in gos for c in range(go.shape[0])]  # (R, k) each
+        planes = [gr[c] for gr in grads if gr is not None for c in range(gr.shape[0])]  # (M,) each
+        if not planes:
+            return (None,) * 5 + tuple(grads)
+        fn = getattr(native_lib(), f"tri_bwd_{_NATIVE_TYPES[start.dtype][1]}")
+        R, C = start.shape[0], len(planes)
+        ptr = (start.data_ptr(), delta.data_ptr(), counts.data_ptr())
+        gp, arr = _ptrs(g_planes), _ptrs(planes)
+        if torch.get_num_threads() == 1 or R * k < _MIN_SPLIT:
+            fn(*ptr, 0, R, k, n, gp, 0, C, arr)
+        elif C % 2 == 0:  # two threads on disjoint channels
+            h = C // 2
+            _run([_call(fn, *ptr, 0, R, k, n, gp, 0, h, arr), _call(fn, *ptr, 0, R, k, n, gp, h, C, arr)])
+        else:  # the odd channel out is split by rays, one half scattered into a plane aside
+            h, half = C // 2, R // 2
+            aside = torch.zeros_like(planes[-1])
+            arr2 = _ptrs(planes[:-1] + [aside])
+
+            def first() -> None:
+                fn(*ptr, 0, R, k, n, gp, 0, h, arr)
+                fn(*ptr, 0, half, k, n, gp, C - 1, C, arr2)
+
+            def second() -> None:
+                fn(*ptr, 0, R, k, n, gp, h, C - 1, arr)
+                fn(*ptr, half, R, k, n, gp, C - 1, C, arr)
+
+            _run([first, second])
+            planes[-1] += aside
+        return (None,) * 5 + tuple(grads)
+
+
+def _torch_rays(start: Tensor, delta: Tensor, counts: Tensor, k: int, n: int, *grids: Tensor) -> tuple[Tensor, ...]:
+    """The torch path of :func:`trilinear_rays`: every (R, k) sample through :func:`trilinear_multi`."""
+    R = start.shape[0]
+    steps = torch.arange(k, device=start.device, dtype=start.dtype)  # (k,)
+    u = (start[:, None, :] + steps[None, :, None] * delta[:, None, :]).reshape(-1, 3)  # (R * k, 3)
+    inside = (steps[None, :] < counts[:, None]).reshape(-1, 1)  # (R * k, 1)
+    idx, w = trilinear_corners(u, n)
+    outs = trilinear_multi(idx, w * inside, *grids)  # (R * k, C_i) each, zero past a ray's end
+    return tuple(o.T.reshape(o.shape[1], R, k) for o in outs)
+
+
+def trilinear_rays(
+    start: Tensor, delta: Tensor, counts: Tensor, k: int, n: int, *grids: Tensor
+) -> tuple[Tensor, ...]:
+    """Trilinear interpolation of several flattened grids at evenly spaced samples along rays.
+
+    Args:
+        start: (R, 3) first sample of each ray, in voxel index coordinates (see :func:`trilinear_corners`).
+        delta: (R, 3) step between samples, in index units.
+        counts: (R,) int64 samples of each ray, ``<= k``.
+        k: samples per ray of the dense output layout.
+        n: grid size per side.
+        grids: each (C_i, M) values, ``M = n^3``, flat index ``(i * n + j) * n + k``.
+
+    Returns:
+        one (C_i, R, k) tensor per grid: sample ``i`` of ray ``r`` at ``start[r] + i * delta[r]`` (clamped into
+        ``[0, n - 1]``), zero for ``i >= counts[r]``; differentiable with respect to the grids (not the samples).
+
+    Uses the native kernels where they are built and everything is a float32/float64 CPU tensor, else the torch
+    path; both give the same values and gradients.
+    """
+    if not grids:
+        raise ValueError("trilinear_rays needs at least one grid")
+    if start.dim() != 2 or start.shape[1] != 3 or delta.shape != start.shape or counts.shape != start.shape[:1]:
+        raise ValueError(
+            f"start and delta must be (R, 3) and counts (R,), got {tuple(start.shape)}, {tuple(delta.shape)}, "
+            f"{tuple(counts.shape)}"
+        )
+    if n**3 >= 2**31:
+        raise ValueError(f"grid_size {n} is too large")
+    for g in grids:
+        if g.dim() != 2 or g.shape[1] != n**3:
+            raise ValueError(f"grids must be (C, {n}^3), got {tuple(g.shape)}")
+    start, delta, counts = start.detach(), delta.detach().to(start.dtype), counts.detach().long()
+    native = (
+        start.device.type == "cpu"
+        and start.dtype in _NATIVE_TYPES
+        and all(g.device.type == "cpu" and g.dtype == start.dtype for g in grids)
+        and native_lib() is not None
+    )
+    if native:
+        args = (start.contiguous(), delta.contiguous(), counts.contiguous(), int(k), int(n))
+        return _NativeTrilinear.apply(*args, *[g.contiguous() for g in grids])
+    return _torch_rays(start, delta, counts, int(k), int(n), *grids)
+
+
+def trilinear_points(u: Tensor, n: int, *grids: Tensor) -> tuple[Tensor, ...]:
+    """Trilinear interpolation of several flattened grids at points ``u`` (P, 3) in voxel index coordinates
+    (clamped into ``[0, n - 1]``): one (P, C_i) tensor per grid (:func:`trilinear_rays` with one sample per ray).
+    """
+    if u.dim() != 2 or u.shape[1] != 3:
+        raise ValueError(f"u must be (P, 3), got {tuple(u.shape)}")
+    ones = torch.ones(u.shape[0], dtype=torch.long, device=u.device)
+    return tuple(o[:, :, 0].T for o in trilinear_rays(u, torch.zeros_like(u), ones, 1, n, *grids))
+
+
+def trilinear_multi(idx: Tensor, w: Tensor, *grids: Tensor) -> tuple[Tensor, ...]:
+    """Trilinear interpolation of several flattened grids at the same points, in one gather.
+
+    Args:
+        idx: (P, 8) int32 corner indices from :func:`trilinear_corners`.
+        w: (P, 8) corner weights.
+        grids: each (C_i, M) values, ``M = n^3``, flat index ``(i * n + j) * n + k``.
+
+    Returns:
+        one (P, C_i) tensor per grid; differentiable with respect to the grids.
+    """
+    if not grids:
+        raise ValueError("trilinear_multi needs at least one grid")
+    return _Trilinear.apply(idx, w, *grids)
 
 
 def trilinear(grid: Tensor, idx: Tensor, w: Tensor) -> Tensor:
@@ -134,7 +492,7 @@ def trilinear(grid: Tensor, idx: Tensor, w: Tensor) -> Tensor:
     Returns:
         (C, P) interpolated values; differentiable with respect to ``grid``.
     """
-    return _Trilinear.apply(grid, idx, w)
+    return trilinear_multi(idx, w, grid)[0].T
 
 
 class VoxelField(nn.Module):
@@ -199,11 +557,25 @@ class VoxelField(nn.Module):
         """Interpolated features (P, C) at points given by :func:`trilinear_corners`."""
         return trilinear(self.features.view(self.channels, -1), idx, w).T
 
+    def lookup(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Interpolated raw density (P,) and features (P, C) at index coordinates ``u`` (P, 3), in one pass
+        over the points (see :func:`trilinear_points`)."""
+        n = self.grid_size
+        raw, feats = trilinear_points(u, n, self.density.view(1, -1), self.features.view(self.channels, -1))
+        return raw[:, 0], feats
+
+    def lookup_rays(self, start: Tensor, delta: Tensor, counts: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Raw density (R, k) and features (C, R, k) at ``k`` evenly spaced samples per ray, zero past each
+        ray's ``counts`` (see :func:`trilinear_rays`; ``start``/``delta`` in voxel index coordinates)."""
+        grids = (self.density.view(1, -1), self.features.view(self.channels, -1))
+        raw, feats = trilinear_rays(start, delta, counts, k, self.grid_size, *grids)
+        return raw[0], feats
+
     def query(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Density (P,) and features (P, C) at world points ``x`` (P, 3), clamped into the box."""
         u = self.to_voxel_coords(x).clamp(0, self.grid_size - 1)
-        idx, w = trilinear_corners(u, self.grid_size)
-        return self.activate(self.raw_density_at(idx, w)), self.features_at(idx, w)
+        raw, feats = self.lookup(u)
+        return self.activate(raw), feats
 
     def background(self, dirs: Tensor) -> Tensor:
         """Background features (R, C) for unit ray directions ``dirs`` (R, 3).

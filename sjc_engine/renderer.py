@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from sjc_engine.cameras import Camera
-from sjc_engine.field import VoxelField, trilinear_corners
+from sjc_engine.field import VoxelField
 
 WEIGHT_THRESHOLD = 1e-4
 BG_DEPTH = 10.0
@@ -60,12 +60,6 @@ def ray_box(origins: Tensor, dirs: Tensor, bbox: float) -> tuple[Tensor, Tensor]
     t_min = torch.minimum(t0, t1).amax(-1).clamp(min=0.0)  # (R,)
     t_max = torch.maximum(t0, t1).amin(-1)  # (R,)
     return t_min, t_max
-
-
-def _count_per_ray(keep: Tensor, counts: Tensor) -> Tensor:
-    """Number of kept samples (n,) of each ray, for packed samples ``keep`` (S,) grouped by ``counts`` (n,)."""
-    ends = torch.cumsum(keep.to(torch.long), 0)[torch.cumsum(counts, 0) - 1]  # (n,) kept up to each ray's end
-    return torch.diff(ends, prepend=ends.new_zeros(1))
 
 
 def render_rays(
@@ -110,39 +104,33 @@ def render_rays(
         zeros = origins.new_zeros(R)
         return RenderOutput(bg, zeros + bg_depth, zeros, origins.new_zeros(0) + field.density.sum() * 0)
 
-    # 2. packed samples: sample i of hit ray r sits at t_min[r] + i * step, in voxel index coordinates
+    # 2. samples: sample i of hit ray r sits at t_min[r] + i * step, in voxel index coordinates, in a dense
+    # (n, k) layout (the reference's); the lookup skips, and zeroes, samples past each ray's end
     scale = (N - 1) / (2.0 * field.bbox)
     t0 = t_min[hit]  # (n,)
     start = (origins[hit] + t0[:, None] * dirs[hit] + field.bbox) * scale  # (n, 3)
     delta = dirs[hit] * (step * scale)  # (n, 3)
-    mask = torch.arange(k, device=dev)[None, :] < counts[:, None]  # (n, k), a prefix of each row
-    i_of = torch.arange(k, device=dev, dtype=dtype).expand(n, k)[mask]  # (S,) sample index along its ray
-    u = torch.repeat_interleave(start, counts, dim=0)  # (S, 3)
-    u.addcmul_(torch.repeat_interleave(delta, counts, dim=0), i_of[:, None]).clamp_(0, N - 1)
-    idx, cw = trilinear_corners(u, N)  # (S, 8) each
+    ticks = torch.arange(k, device=dev, dtype=dtype)  # (k,)
+    inside = ticks[None, :] < counts[:, None]  # (n, k), a prefix of each row
 
-    # 3. densities everywhere, then weights in the dense (n, k) layout
-    sigma = field.activate(field.raw_density_at(idx, cw))  # (S,)
-    tau = sigma.new_zeros(n, k).masked_scatter(mask, sigma * step)  # (n, k) optical thickness per sample
+    # 3. densities and features in one pass over the samples (every channel per corner walk), weights
+    raw, feats = field.lookup_rays(start, delta, counts, k)  # (n, k), (C, n, k)
+    sigma = field.activate(raw)  # (n, k)
+    tau = sigma * (inside * step)  # (n, k) optical thickness per sample, 0 past the ray's end
     cum = torch.cumsum(tau, dim=1)  # (n, k)
     trans = torch.exp(tau - cum)  # (n, k) transmittance before each sample
     weights = -torch.expm1(-tau) * trans  # (n, k)
     opacity = -torch.expm1(-cum[:, -1])  # (n,) = sum of weights
 
-    # 4. features only where the weight matters
-    w_packed = weights[mask]  # (S,)
-    keep = w_packed.detach() >= weight_threshold  # (S,)
-    if bool(keep.all()):  # common while the field is still cloudy: no need to copy
-        shade_idx, shade_w, w_shade, per_ray = idx, cw, w_packed, counts
-    else:
-        shade = keep.nonzero().squeeze(1)  # (S2,)
-        shade_idx, shade_w, w_shade = idx.index_select(0, shade), cw.index_select(0, shade), w_packed[shade]
-        per_ray = _count_per_ray(keep, counts)  # (n,)
-    feats = field.features_at(shade_idx, shade_w)  # (S2, C)
-    rgb = torch.segment_reduce(w_shade[:, None] * feats, "sum", lengths=per_ray, axis=0)  # (n, C)
+    # 4. features count only where the weight matters; the others get zero weight, hence a zero feature
+    # gradient, and the backward skips their scatters
+    keep = weights.detach() >= weight_threshold  # (n, k)
+    n_shaded = int(keep.sum())
+    w_shade = weights if n_shaded == int(counts.sum()) else weights * keep  # (n, k)
+    rgb = (feats * w_shade).sum(-1).T  # (n, C)
 
     # 5. depth: expected distance of the samples
-    t_dense = t0[:, None] + step * torch.arange(k, device=dev, dtype=dtype)[None, :]  # (n, k)
+    t_dense = t0[:, None] + step * ticks[None, :]  # (n, k)
     depth_hit = (weights * t_dense).sum(1)  # (n,)
 
     # 6. scatter back to all rays and blend the background
@@ -151,7 +139,7 @@ def render_rays(
     dep = origins.new_zeros(R).index_copy(0, hit, depth_hit)  # (R,)
     features = acc + (1.0 - op)[:, None] * bg
     depth = dep + (1.0 - op) * bg_depth
-    return RenderOutput(features, depth, op, weights.reshape(-1), None, int(idx.shape[0]), int(shade_idx.shape[0]))
+    return RenderOutput(features, depth, op, weights.reshape(-1), None, int(counts.sum()), n_shaded)
 
 
 def render_image(

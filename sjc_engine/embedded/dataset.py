@@ -259,12 +259,32 @@ class ProceduralDataset:
         return {c: tuple(min(1.0, x * mean_shade) for x in PALETTE[c]) for c in self.colors}  # type: ignore[misc]
 
 
+def hue_deg(rgb: tuple[float, float, float] | Tensor) -> float:
+    """HSV hue of an RGB colour in degrees [0, 360) (0 for greys)."""
+    r, g, b = (float(c) for c in torch.as_tensor(rgb, dtype=torch.float32))
+    mx, mn = max(r, g, b), min(r, g, b)
+    if mx - mn < 1e-8:
+        return 0.0
+    if mx == r:
+        h = ((g - b) / (mx - mn)) % 6
+    elif mx == g:
+        h = (b - r) / (mx - mn) + 2
+    else:
+        h = (r - g) / (mx - mn) + 4
+    return 60.0 * h
+
+
 def nearest_color(rgb: tuple[float, float, float] | Tensor, references: dict[str, tuple[float, float, float]]) -> str:
-    """Name of the reference colour nearest to ``rgb`` (Euclidean in RGB)."""
-    x = torch.as_tensor(rgb, dtype=torch.float32)
+    """Name of the reference colour whose hue is nearest to that of ``rgb`` (circular distance in degrees).
+
+    Hue, not raw RGB: the palette is a set of distinct hues, shading changes brightness but not hue, and
+    blending with the neutral grey background (semi-transparent edges) changes saturation but not hue.
+    """
+    h = hue_deg(rgb)
     best, best_d = "", math.inf
     for name, ref in references.items():
-        d = float((x - torch.tensor(ref)).norm())
+        d = abs(h - hue_deg(ref)) % 360.0
+        d = min(d, 360.0 - d)
         if d < best_d:
             best, best_d = name, d
     return best
