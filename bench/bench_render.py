@@ -5,14 +5,21 @@ Settings: the reference's (100^3 grid, 64 x 64 render, 4 channels) and the embed
 the worst case for the sparse paths). Median over repeats after warm-up, on CPU and on CUDA when present
 (synchronised around each phase). The reference implementation's figures on the same kind of 2-core machine
 are printed beside ours; ``--reference`` also times a re-implementation of the reference's dense algorithm
-(``F.grid_sample`` on every sample of a (k, n) tensor) in this process, for a same-machine ratio.
+(``F.grid_sample`` on every sample of a (k, n) tensor) in this process, for a same-machine ratio: the two run
+step by step in turn (interleaved), so load from other processes hits both alike. Each line gives wall-clock
+medians per phase and the median CPU time of a step (``time.process_time``: every thread of this process,
+less sensitive to other processes than wall time; on a loaded machine it still inflates).
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/bench_render.py [--repeats 7] [--reference]
+
+``SJC_NATIVE=0`` times the torch fallback path instead of the C kernels (see ``sjc_engine/field.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import os
 import statistics
 import sys
 import time
@@ -25,7 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sjc_engine.cameras import sample_camera  # noqa: E402
-from sjc_engine.field import VoxelField  # noqa: E402
+from sjc_engine.field import VoxelField, native_lib  # noqa: E402
 from sjc_engine.renderer import ray_box, render_rays  # noqa: E402
 
 SETTINGS = {"reference": (100, 64, 4), "embedded": (64, 32, 3)}
@@ -61,30 +68,34 @@ def dense_reference_render(field: VoxelField, origins: torch.Tensor, dirs: torch
     return (w * colors).sum(0) + (1 - w.sum(0)) * field.background(d)
 
 
-def time_steps(render, field: VoxelField, rays: list, repeats: int, warmup: int, device: torch.device) -> dict:
-    opt = torch.optim.Adamax(field.param_groups(0.05, 1e-4))
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    rows = []
-    for i in range(warmup + repeats):
-        o, d = rays[i % len(rays)]
-        sync()
-        t0 = time.perf_counter()
-        feats = render(field, o, d)
-        loss = feats.square().mean()
-        sync()
-        t1 = time.perf_counter()
+class _Step:
+    """One implementation's field, optimiser and timings; :meth:`run` times one optimiser step."""
+
+    def __init__(self, render, field: VoxelField, device: torch.device) -> None:
+        self.render, self.field, self.device = render, field, device
+        self.opt = torch.optim.Adamax(field.param_groups(0.05, 1e-4))
+        self.rows: list[tuple[float, ...]] = []
+
+    def _clock(self) -> tuple[float, float]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter(), time.process_time()
+
+    def run(self, o: torch.Tensor, d: torch.Tensor, keep: bool) -> None:
+        w0, c0 = self._clock()
+        loss = self.render(self.field, o, d).square().mean()
+        w1, c1 = self._clock()
         loss.backward()
-        sync()
-        t2 = time.perf_counter()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync()
-        t3 = time.perf_counter()
-        if i >= warmup:
-            rows.append((t1 - t0, t2 - t1, t3 - t2))
-    fwd, bwd, optim = (statistics.median(c) for c in zip(*rows))
-    total = statistics.median([sum(r) for r in rows])
-    return {"forward": fwd, "backward": bwd, "optimizer": optim, "total": total}
+        w2, c2 = self._clock()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        w3, c3 = self._clock()
+        if keep:  # wall: forward, backward, adamax, total; CPU (all threads of the process): total
+            self.rows.append((w1 - w0, w2 - w1, w3 - w2, w3 - w0, c3 - c0))
+
+    def medians(self) -> dict:
+        cols = [statistics.median(c) for c in zip(*self.rows)]
+        return dict(zip(("forward", "backward", "optimizer", "total", "cpu"), cols))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, devices {[str(d) for d in devices]}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, devices {[str(d) for d in devices]}, "
+          f"native trilinear kernels: {native_lib() is not None}, load average {os.getloadavg()}")
     for device in devices:
         for name in args.settings:
             n, size, channels = SETTINGS[name]
@@ -109,20 +121,29 @@ def main(argv: list[str] | None = None) -> None:
             for _ in range(4):
                 o, d = sample_camera(rng, size).rays(device=device)
                 rays.append((o.reshape(-1, 3), d.reshape(-1, 3)))
-            runs = {"ours": lambda f, o, d: render_rays(f, o, d).features}
+            runs = {"ours": _Step(lambda f, o, d: render_rays(f, o, d).features, field, device)}
             if args.reference:
-                runs["reference algorithm, here"] = dense_reference_render
-            for label, render in runs.items():
-                r = time_steps(render, field, rays, args.repeats, args.warmup, device)
+                twin = copy.deepcopy(field)  # same starting values, its own optimiser
+                runs["reference algorithm, here"] = _Step(dense_reference_render, twin, device)
+            for i in range(args.warmup + args.repeats):  # interleaved, so load changes hit both alike
+                for step in runs.values():
+                    step.run(*rays[i % len(rays)], keep=i >= args.warmup)
+            ours = runs["ours"].medians()
+            for label, step in runs.items():
+                r = step.medians()
                 line = (
                     f"{device.type:4s} {name:9s} {n}^3 {size}x{size} C={channels} {label:26s} "
                     f"forward {r['forward']:.4f}  backward {r['backward']:.4f}  adamax {r['optimizer']:.4f}  "
-                    f"total {r['total']:.4f} s"
+                    f"total {r['total']:.4f} s  (CPU {r['cpu']:.4f} s)"
                 )
                 if device.type == "cpu" and label == "ours":
                     ref = REFERENCE_SECONDS[name]
                     line += f"   (reference implementation: {ref:.3f} s -> {ref / r['total']:.1f}x)"
+                elif label != "ours":
+                    wall, cpu = r["total"] / ours["total"], r["cpu"] / ours["cpu"]
+                    line += f"   (ours faster by {wall:.1f}x wall, {cpu:.1f}x CPU)"
                 print(line, flush=True)
+    print(f"load average at the end {os.getloadavg()}")
 
 
 if __name__ == "__main__":

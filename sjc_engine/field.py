@@ -11,14 +11,19 @@ Grid convention: ``grid[..., i, j, k]`` holds the value at world point ``(x_i, y
 so ``density_grid()`` and ``occupancy()`` index as ``[x, y, z]``. Lookups are trilinear; the gather/scatter
 kernels below replace ``F.grid_sample`` (3D), whose CPU backward is slow.
 
-Two implementations of the same lookup (:func:`trilinear_points`), both with an analytic backward:
+Two implementations of the same lookups (:func:`trilinear_rays`, :func:`trilinear_points`), both with an
+analytic backward and the same values and gradients:
 
-* native (CPU, float32/float64): a small C kernel, compiled once with the system C compiler into
-  ``$SJC_NATIVE_CACHE`` (default ``~/.cache/sjc_engine``) and called through ``ctypes``. Per point it computes
-  the cell and weights and gathers (forward) or scatters (backward) every channel, without the (P, 8) index and
-  weight tensors; ``ctypes`` releases the GIL, so two Python threads split the work. ``SJC_NATIVE=0`` turns it
-  off; without a compiler it is off, with one warning.
-* torch (any device, the fallback): :func:`trilinear_corners` then ``F.embedding_bag`` and ``scatter_add_``.
+* native (CPU, float32/float64): small C kernels (``_NATIVE_SRC``; the renderer's compositing kernels live
+  there too), compiled once with the system C compiler (``$CC``, default ``cc``; AVX2/FMA code where the CPU has
+  it) into ``$SJC_NATIVE_CACHE`` (default ``~/.cache/sjc_engine``, keyed by a hash of source and flags) and
+  called through ``ctypes``. Per sample they compute the cell and weights on the fly (no (P, 8) index/weight
+  tensors) and gather (forward) or scatter (backward) every channel; consecutive samples of a ray in the same
+  cell share one corner load (forward) and one scatter (backward). ``ctypes`` releases the GIL, so with more
+  than one torch thread two Python threads split rays (forward) or channels (backward). ``SJC_NATIVE=0`` turns
+  them off; without a compiler, or if the build fails, they are off with one warning.
+* torch (any device; the fallback): :func:`trilinear_corners`, then ``F.embedding_bag`` over a channels-last
+  table (one gather for every channel) and one ``scatter_add_`` per channel.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import ctypes
 import hashlib
 import math
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -94,21 +100,22 @@ def trilinear_corners(u: Tensor, n: int) -> tuple[Tensor, Tensor]:
     return idx, w
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
 
 
 def _pool() -> ThreadPoolExecutor:
+    """Two worker threads, made anew in a forked child (a parent's pool has no threads there)."""
     global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sjc-scatter")
-    return _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=2, thread_name_prefix="sjc-trilinear"))
+    return _POOL[1]
 
 
 def _run(jobs: list[Any]) -> None:
     """Run the zero-argument callables ``jobs``; on two Python threads when torch may use more than one.
 
-    torch releases the GIL inside its kernels, and ``scatter_add_`` is serial on CPU, so channels scattered
-    on two threads run in parallel.
+    torch kernels and ``ctypes`` calls release the GIL, and scatters are serial, so jobs on disjoint channels
+    (or rays) run in parallel.
     """
     if len(jobs) > 1 and torch.get_num_threads() > 1:
         for f in [_pool().submit(j) for j in jobs]:
@@ -194,6 +201,8 @@ class _Trilinear(torch.autograd.Function):
 _NATIVE_SRC = r"""
 #include <stdint.h>
 #include <math.h>
+#define MAXC 16 /* channels per pass over the samples */
+/* typed kernels: T, EXPM1 and SUF are filled in once per dtype */
 
 /* Cell and trilinear weights of the point x (index coordinates); 0 for a NaN point. Same clamping as
    trilinear_corners: x into [0, n - 1], cell corner into [0, n - 2]. Corner k = 4a + 2b + c sits at
@@ -223,55 +232,174 @@ static inline int corner_SUF(const T* x3, int64_t n, int64_t* base, T* w) {
 
 /* Sample i of ray r sits at start[r] + i * delta[r] (index coordinates), for i < counts[r]; the output has the
    dense (R, k) layout, one plane per channel, zero past a ray's end and NaN at NaN points.
-   outs[c][r k + i] = sum_k w_k planes[c][corner_k] for rays r in [r0, r1). */
-void tri_fwd_SUF(const T* start, const T* delta, const int64_t* counts, int64_t r0, int64_t r1, int64_t k,
-                 int64_t n, const T* const* planes, int64_t C, T* const* outs) {
-    const int64_t nn = n * n;
+   outs[c][r k + i] = sum_q w_q planes[c][corner_q] for rays r in [r0, r1), channels c in [c0, c1), at most
+   MAXC of them. Consecutive samples in the same cell (about 40% at half-voxel steps) reuse its corner values. */
+static void fwd_block_SUF(const T* start, const T* delta, const int64_t* counts, int64_t r0, int64_t r1,
+                          int64_t k, int64_t n, const T* const* planes, int64_t c0, int64_t c1, T* const* outs) {
+    const int64_t nn = n * n, C = c1 - c0;
     const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
+    const T* pl[MAXC];
+    T* ou[MAXC];
+    for (int64_t c = 0; c < C; ++c) {
+        pl[c] = planes[c0 + c];
+        ou[c] = outs[c0 + c];
+    }
+    T vals[MAXC][8];
     for (int64_t r = r0; r < r1; ++r) {
         const int64_t m = counts[r] < k ? counts[r] : k;
-        for (int64_t i = 0; i < k; ++i) {
+        const T sx = start[3 * r], sy = start[3 * r + 1], sz = start[3 * r + 2];
+        const T dx = delta[3 * r], dy = delta[3 * r + 1], dz = delta[3 * r + 2];
+        int64_t prev = -1;
+        for (int64_t i = 0; i < m; ++i) {
             const int64_t p = r * k + i;
             int64_t b;
-            T w[8], x[3];
-            for (int a = 0; a < 3; ++a) x[a] = start[3 * r + a] + (T)i * delta[3 * r + a];
-            if (i >= m || !corner_SUF(x, n, &b, w)) {
-                for (int64_t c = 0; c < C; ++c) outs[c][p] = i >= m ? 0 : NAN;
+            T w[8];
+            const T x[3] = {sx + (T)i * dx, sy + (T)i * dy, sz + (T)i * dz};
+            if (!corner_SUF(x, n, &b, w)) {
+                for (int64_t c = 0; c < C; ++c) ou[c][p] = NAN;
+                prev = -1;
                 continue;
             }
+            if (b != prev) {
+                for (int64_t c = 0; c < C; ++c)
+                    for (int q = 0; q < 8; ++q) vals[c][q] = pl[c][b + o[q]];
+                prev = b;
+            }
             for (int64_t c = 0; c < C; ++c) {
-                const T* g = planes[c] + b;
                 T s = 0;
-                for (int q = 0; q < 8; ++q) s += w[q] * g[o[q]];
-                outs[c][p] = s;
+                for (int q = 0; q < 8; ++q) s += w[q] * vals[c][q];
+                ou[c][p] = s;
+            }
+        }
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t i = m; i < k; ++i) ou[c][r * k + i] = 0;
+    }
+}
+
+void tri_fwd_SUF(const T* start, const T* delta, const int64_t* counts, int64_t r0, int64_t r1, int64_t k,
+                 int64_t n, const T* const* planes, int64_t C, T* const* outs) {
+    for (int64_t c0 = 0; c0 < C; c0 += MAXC)
+        fwd_block_SUF(start, delta, counts, r0, r1, k, n, planes, c0, c0 + MAXC < C ? c0 + MAXC : C, outs);
+}
+
+/* grads[c][corner_q] += w_q gs[c][r k + i] for rays r in [r0, r1), samples i < counts[r], channels c in
+   [c0, c1). Samples whose gradient is zero on those channels are skipped; consecutive samples in the same
+   cell are summed before one scatter of the cell. */
+static void bwd_block_SUF(const T* start, const T* delta, const int64_t* counts, int64_t r0, int64_t r1,
+                          int64_t k, int64_t n, const T* const* gs, int64_t c0, int64_t c1, T* const* grads) {
+    const int64_t nn = n * n, C = c1 - c0;
+    const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
+    const T* gi[MAXC];
+    T* go[MAXC];
+    for (int64_t c = 0; c < C; ++c) {
+        gi[c] = gs[c0 + c];
+        go[c] = grads[c0 + c];
+    }
+    T acc[MAXC][8];
+    for (int64_t r = r0; r < r1; ++r) {
+        const int64_t m = counts[r] < k ? counts[r] : k;
+        const T sx = start[3 * r], sy = start[3 * r + 1], sz = start[3 * r + 2];
+        const T dx = delta[3 * r], dy = delta[3 * r + 1], dz = delta[3 * r + 2];
+        int64_t cur = -1;
+        for (int64_t i = 0; i <= m; ++i) {
+            const int64_t p = r * k + i;
+            int64_t b = -1;
+            T w[8];
+            int live = 0;
+            if (i < m) {
+                for (int64_t c = 0; c < C; ++c) live |= (gi[c][p] != 0);
+                if (live) {
+                    const T x[3] = {sx + (T)i * dx, sy + (T)i * dy, sz + (T)i * dz};
+                    live = corner_SUF(x, n, &b, w);
+                }
+            }
+            if (cur >= 0 && (i == m || (live && b != cur))) { /* flush the cell being summed */
+                for (int64_t c = 0; c < C; ++c) {
+                    T* G = go[c] + cur;
+                    for (int q = 0; q < 8; ++q) G[o[q]] += acc[c][q];
+                }
+                cur = -1;
+            }
+            if (!live) continue;
+            if (cur < 0) {
+                cur = b;
+                for (int64_t c = 0; c < C; ++c)
+                    for (int q = 0; q < 8; ++q) acc[c][q] = 0;
+            }
+            for (int64_t c = 0; c < C; ++c) {
+                const T v = gi[c][p];
+                for (int q = 0; q < 8; ++q) acc[c][q] += w[q] * v;
             }
         }
     }
 }
 
-/* grads[c][corner_k] += w_k gs[c][r k + i] for rays r in [r0, r1), samples i < counts[r], channels c in
-   [c0, c1). Samples whose gradient is zero on those channels are skipped. */
 void tri_bwd_SUF(const T* start, const T* delta, const int64_t* counts, int64_t r0, int64_t r1, int64_t k,
                  int64_t n, const T* const* gs, int64_t c0, int64_t c1, T* const* grads) {
-    const int64_t nn = n * n;
-    const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
+    for (int64_t a = c0; a < c1; a += MAXC)
+        bwd_block_SUF(start, delta, counts, r0, r1, k, n, gs, a, a + MAXC < c1 ? a + MAXC : c1, grads);
+}
+
+/* Volume compositing of rays r in [r0, r1) (used by the renderer): tau (R, k) optical thickness, feats C planes
+   (R, k), sample i of ray r at distance t0[r] + i * step, i < counts[r]. Writes w (R, k) = (1 - e^-tau_i) T_i
+   with T_i = exp(-sum_{j<i} tau_j) (zero past the end), rgb (R, C) = sum_i [w_i >= thr] w_i f_i,
+   opacity (R,) = 1 - exp(-sum tau), depth (R,) = sum_i w_i t_i. */
+void comp_fwd_SUF(const T* tau, const T* const* feats, int64_t C, const T* t0, T step, const int64_t* counts,
+                  int64_t r0, int64_t r1, int64_t k, T thr, T* w, T* rgb, T* opacity, T* depth) {
     for (int64_t r = r0; r < r1; ++r) {
         const int64_t m = counts[r] < k ? counts[r] : k;
+        const T* tr = tau + r * k;
+        T* wr = w + r * k;
+        T trans = 1, dep = 0; /* trans = T_i, a running product: one transcendental per sample */
+        for (int64_t c = 0; c < C; ++c) rgb[r * C + c] = 0;
         for (int64_t i = 0; i < m; ++i) {
-            const int64_t p = r * k + i;
-            int any = 0;
-            for (int64_t c = c0; c < c1; ++c) any |= (gs[c][p] != 0);
-            if (!any) continue;
-            int64_t b;
-            T w[8], x[3];
-            for (int a = 0; a < 3; ++a) x[a] = start[3 * r + a] + (T)i * delta[3 * r + a];
-            if (!corner_SUF(x, n, &b, w)) continue;
-            for (int64_t c = c0; c < c1; ++c) {
-                const T v = gs[c][p];
-                if (v == 0) continue;
-                T* G = grads[c] + b;
-                for (int q = 0; q < 8; ++q) G[o[q]] += w[q] * v;
+            const T em = EXPM1(-tr[i]); /* e^-tau - 1, exact for small tau */
+            const T wi = -em * trans;
+            trans += em * trans;
+            wr[i] = wi;
+            dep += wi * (t0[r] + (T)i * step);
+            if (wi >= thr)
+                for (int64_t c = 0; c < C; ++c) rgb[r * C + c] += wi * feats[c][r * k + i];
+        }
+        for (int64_t i = m; i < k; ++i) wr[i] = 0;
+        opacity[r] = 1 - trans;
+        depth[r] = dep;
+    }
+}
+
+/* Backward of comp_fwd: with a_i = g_w_i + [w_i >= thr] <g_rgb, f_i> + g_depth t_i,
+   g_tau_j = a_j T_{j+1} - sum_{i>j} a_i w_i + g_opacity T_end, g_feats[c]_i = [w_i >= thr] w_i g_rgb_c.
+   g_w may be NULL (no gradient on the weights). g_tau holds T_{j+1} in between. */
+void comp_bwd_SUF(const T* tau, const T* const* feats, int64_t C, const T* t0, T step, const int64_t* counts,
+                  int64_t r0, int64_t r1, int64_t k, T thr, const T* w, const T* g_w, const T* g_rgb,
+                  const T* g_op, const T* g_depth, T* g_tau, T* const* g_feats) {
+    for (int64_t r = r0; r < r1; ++r) {
+        const int64_t m = counts[r] < k ? counts[r] : k;
+        const T* tr = tau + r * k;
+        const T* wr = w + r * k;
+        T* gt = g_tau + r * k;
+        T trans = 1;
+        for (int64_t i = 0; i < m; ++i) {
+            trans += EXPM1(-tr[i]) * trans;
+            gt[i] = trans; /* T_{i+1}, as in comp_fwd */
+        }
+        const T t_end = trans;
+        T suffix = 0;
+        for (int64_t j = m - 1; j >= 0; --j) {
+            const int64_t p = r * k + j;
+            const int keep = wr[j] >= thr;
+            T a = (g_w ? g_w[p] : 0) + g_depth[r] * (t0[r] + (T)j * step);
+            for (int64_t c = 0; c < C; ++c) {
+                const T gfc = keep ? wr[j] * g_rgb[r * C + c] : 0;
+                g_feats[c][p] = gfc;
+                if (keep) a += g_rgb[r * C + c] * feats[c][p];
             }
+            gt[j] = a * gt[j] - suffix + g_op[r] * t_end;
+            suffix += a * wr[j];
+        }
+        for (int64_t i = m; i < k; ++i) {
+            gt[i] = 0;
+            for (int64_t c = 0; c < C; ++c) g_feats[c][r * k + i] = 0;
         }
     }
 }
@@ -279,6 +407,19 @@ void tri_bwd_SUF(const T* start, const T* delta, const int64_t* counts, int64_t 
 
 _NATIVE_TYPES = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}
 _NATIVE_FLAGS = ["-O3", "-shared", "-fPIC"]
+_X86_V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}  # /proc/cpuinfo names
+
+
+def _arch_flags() -> list[list[str]]:
+    """Extra compiler flags to try, best first: AVX2/FMA code (about 25% faster here) where the CPU has it."""
+    if platform.machine() == "x86_64":
+        try:
+            cpu = set(Path("/proc/cpuinfo").read_text().split())
+        except OSError:
+            cpu = set()
+        if _X86_V3 <= cpu:
+            return [["-march=x86-64-v3"], []]
+    return [[]]
 _native_state: dict[str, Any] = {}
 _native_lock = threading.Lock()
 
@@ -289,35 +430,47 @@ def _compile_native() -> ctypes.CDLL | None:
         return None
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
-        warnings.warn(f"no C compiler ({cc!r}): trilinear lookups use the slower torch path", RuntimeWarning)
+        warnings.warn(f"no C compiler ({cc!r}): trilinear lookups and compositing use the slower torch path",
+                      RuntimeWarning)
         return None
-    src = "#include <stdint.h>\n#include <math.h>\n"
-    body = _NATIVE_SRC.split("#include <math.h>", 1)[1]
+    marker = "/* typed kernels: T, EXPM1 and SUF are filled in once per dtype */"
+    src, body = _NATIVE_SRC.split(marker)
     for ty, suf in _NATIVE_TYPES.values():
-        src += f"#define T {ty}\n" + body.replace("SUF", suf) + "#undef T\n"
-    key = hashlib.sha256((src + cc + " ".join(_NATIVE_FLAGS)).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("SJC_NATIVE_CACHE", Path.home() / ".cache" / "sjc_engine"))
-    so = cache / f"trilinear-{key}.so"
-    try:
-        if not so.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                c_file, out = Path(tmp) / "trilinear.c", Path(tmp) / "trilinear.so"
-                c_file.write_text(src)
-                subprocess.run([cc, *_NATIVE_FLAGS, "-o", str(out), str(c_file), "-lm"], check=True,
-                               capture_output=True, timeout=120)
-                os.replace(out, so)  # atomic: concurrent builders each write their own file
-        lib = ctypes.CDLL(str(so))
-    except (OSError, subprocess.SubprocessError) as e:
-        detail = getattr(e, "stderr", b"") or b""
-        warnings.warn(f"building the trilinear C kernel failed ({e}; {detail.decode(errors='replace')[:500]}): "
-                      "trilinear lookups use the slower torch path", RuntimeWarning)
+        f = "f" if ty == "float" else ""
+        src += f"#define T {ty}\n#define EXPM1 expm1{f}\n" + body.replace("SUF", suf) + "#undef T\n#undef EXPM1\n"
+    lib, errors = None, []
+    for arch in _arch_flags():
+        flags = _NATIVE_FLAGS + arch
+        key = hashlib.sha256(f"{src}{cc}{flags}{platform.machine()}".encode()).hexdigest()[:16]
+        try:
+            cache = Path(os.environ.get("SJC_NATIVE_CACHE") or Path.home() / ".cache" / "sjc_engine")
+            so = cache / f"trilinear-{key}.so"
+            if not so.exists():
+                cache.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                    c_file, out = Path(tmp) / "trilinear.c", Path(tmp) / "trilinear.so"
+                    c_file.write_text(src)
+                    cmd = [cc, *flags, "-o", str(out), str(c_file), "-lm"]
+                    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+                    os.replace(out, so)  # atomic: concurrent builders each write their own file
+            lib = ctypes.CDLL(str(so))
+            break
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            detail = (getattr(e, "stderr", b"") or b"").decode(errors="replace")[:500]
+            errors.append(f"{' '.join(flags)}: {e} {detail}")
+    if lib is None:
+        warnings.warn(f"building the trilinear C kernels failed ({'; '.join(errors)}): trilinear lookups and "
+                      "compositing use the slower torch path", RuntimeWarning)
         return None
     vp, i64 = ctypes.c_void_p, ctypes.c_int64
-    for _, suf in _NATIVE_TYPES.values():
+    for ty, suf in _NATIVE_TYPES.values():
+        fl = ctypes.c_float if ty == "float" else ctypes.c_double
         getattr(lib, f"tri_fwd_{suf}").argtypes = [vp, vp, vp, i64, i64, i64, i64, vp, i64, vp]
         getattr(lib, f"tri_bwd_{suf}").argtypes = [vp, vp, vp, i64, i64, i64, i64, vp, i64, i64, vp]
-        getattr(lib, f"tri_fwd_{suf}").restype = getattr(lib, f"tri_bwd_{suf}").restype = None
+        getattr(lib, f"comp_fwd_{suf}").argtypes = [vp, vp, i64, vp, fl, vp, i64, i64, i64, fl, vp, vp, vp, vp]
+        getattr(lib, f"comp_bwd_{suf}").argtypes = [vp, vp, i64, vp, fl, vp, i64, i64, i64, fl] + [vp] * 7
+        for name in ("tri_fwd", "tri_bwd", "comp_fwd", "comp_bwd"):
+            getattr(lib, f"{name}_{suf}").restype = None
     return lib
 
 

@@ -3,24 +3,26 @@
 As pals-ttic/sjc ``voxnerf/render.py``: each ray is clipped to the box ``[-bbox, bbox]^3`` (and to ``t >= 0``),
 sampled at ``t_min + i * step`` for ``step = step_ratio * voxel_size`` (no jitter) while inside the box, and
 composited with ``w_i = a_i * prod_{j<i} (1 - a_j)``, ``a_i = 1 - exp(-sigma_i * step)``. The background gets
-``1 - sum_i w_i``.
+``1 - sum_i w_i``. Features count only where ``w_i >= 1e-4`` (the reference's ``ray_march_weight_thres``).
 
-Work is sparse, no Python loop over rays or samples: samples are packed (only those inside the box exist),
-densities are computed for all of them first, and features are looked up only where ``w_i >= 1e-4``
-(the reference's ``ray_march_weight_thres``); samples after a ray's transmittance falls below that are
-therefore skipped too. ``RenderOutput.weights`` has the reference's dense layout (rays that hit the box x
-the longest ray's sample count, zero-padded), so a mean over it (the emptiness loss) matches the reference.
+No Python loop over rays or samples. Samples live in the reference's dense layout (rays that hit the box x the
+longest ray's sample count, zero past each ray's end), so ``RenderOutput.weights`` and a mean over it (the
+emptiness loss) match the reference. The density and every feature channel of all samples come from one
+lookup (:meth:`VoxelField.lookup_rays`: a C kernel that walks each ray's cells once, or the torch fallback);
+its backward scatters only samples with a non-zero gradient, so features of samples below the weight threshold
+cost no scatter.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from sjc_engine.cameras import Camera
-from sjc_engine.field import VoxelField
+from sjc_engine.field import _NATIVE_TYPES, VoxelField, _call, _ptrs, _run, native_lib
 
 WEIGHT_THRESHOLD = 1e-4
 BG_DEPTH = 10.0
@@ -36,8 +38,8 @@ class RenderOutput:
         opacity: (R,) or (H, W) ``sum_i w_i`` (= ``1 - exp(-sum_i sigma_i * step)``).
         weights: (S,) compositing weights of every sample, in the reference's zero-padded dense layout.
         image: (C, H, W) the features as an image (``render_image`` only).
-        n_samples: samples inside the box whose density was computed.
-        n_shaded: samples whose features were looked up (``w >= 1e-4``).
+        n_samples: samples inside the box (density and features are looked up for each).
+        n_shaded: samples whose features are composited (``w >= 1e-4``); the others add no feature gradient.
     """
 
     features: Tensor
@@ -62,6 +64,97 @@ def ray_box(origins: Tensor, dirs: Tensor, bbox: float) -> tuple[Tensor, Tensor]
     return t_min, t_max
 
 
+class _Composite(torch.autograd.Function):
+    """The compositing of :func:`composite` in the C kernels (``comp_fwd``/``comp_bwd``, analytic backward)."""
+
+    @staticmethod
+    def forward(ctx: Any, tau: Tensor, feats: Tensor, t0: Tensor, step: float, counts: Tensor, thr: float) -> Any:
+        suf = _NATIVE_TYPES[tau.dtype][1]
+        n, k = tau.shape
+        C = feats.shape[0]
+        w, rgb = torch.empty_like(tau), tau.new_empty(n, C)
+        opacity, depth = tau.new_empty(n), tau.new_empty(n)
+        planes = _ptrs(list(feats))
+        fn = getattr(native_lib(), f"comp_fwd_{suf}")
+        ptrs = (w.data_ptr(), rgb.data_ptr(), opacity.data_ptr(), depth.data_ptr())
+        cuts = _cuts(n, k)
+        _run([_call(fn, tau.data_ptr(), planes, C, t0.data_ptr(), step, counts.data_ptr(), a, b, k, thr, *ptrs)
+              for a, b in zip(cuts, cuts[1:])])
+        ctx.save_for_backward(tau, feats, t0, counts, w)
+        ctx.step, ctx.thr = step, thr
+        return w, rgb, opacity, depth
+
+    @staticmethod
+    def backward(ctx: Any, g_w: Tensor | None, g_rgb: Tensor | None, g_op: Tensor | None, g_depth: Tensor | None):
+        tau, feats, t0, counts, w = ctx.saved_tensors
+        n, k = tau.shape
+        C = feats.shape[0]
+        g_w = g_w.contiguous() if g_w is not None else None
+        g_rgb = g_rgb.contiguous() if g_rgb is not None else tau.new_zeros(n, C)
+        g_op = g_op.contiguous() if g_op is not None else tau.new_zeros(n)
+        g_depth = g_depth.contiguous() if g_depth is not None else tau.new_zeros(n)
+        g_tau, g_feats = torch.empty_like(tau), torch.empty_like(feats)
+        fn = getattr(native_lib(), f"comp_bwd_{_NATIVE_TYPES[tau.dtype][1]}")
+        planes, g_planes = _ptrs(list(feats)), _ptrs(list(g_feats))
+        gw = g_w.data_ptr() if g_w is not None else None
+        ins = (w.data_ptr(), gw, g_rgb.data_ptr(), g_op.data_ptr(), g_depth.data_ptr(), g_tau.data_ptr(), g_planes)
+        cuts = _cuts(n, k)
+        _run([_call(fn, tau.data_ptr(), planes, C, t0.data_ptr(), ctx.step, counts.data_ptr(), a, b, k, ctx.thr,
+                    *ins) for a, b in zip(cuts, cuts[1:])])
+        return g_tau, g_feats, None, None, None, None
+
+
+def _cuts(n: int, k: int) -> list[int]:
+    """Ray ranges for one or two threads."""
+    return [0, n // 2, n] if torch.get_num_threads() > 1 and n * k >= 8192 else [0, n]
+
+
+def composite(
+    tau: Tensor, feats: Tensor, t0: Tensor, step: float, counts: Tensor, weight_threshold: float = WEIGHT_THRESHOLD
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Alpha compositing of ``n`` rays of ``k`` samples (dense layout, zero past each ray's ``counts``).
+
+    Args:
+        tau: (n, k) optical thickness ``sigma_i * step`` of each sample; ignored (no gradient) past the end.
+        feats: (C, n, k) features of each sample.
+        t0: (n,) distance of each ray's first sample; sample ``i`` sits at ``t0 + i * step``.
+        step: distance between samples.
+        counts: (n,) int64 samples of each ray.
+        weight_threshold: features of samples with a smaller weight are left out.
+
+    Returns:
+        ``weights`` (n, k) ``(1 - exp(-tau_i)) * exp(-sum_{j<i} tau_j)``, ``rgb`` (n, C) ``sum_i w_i f_i`` over
+        samples with ``w_i >= weight_threshold``, ``opacity`` (n,) ``1 - exp(-sum_i tau_i)`` and ``depth`` (n,)
+        ``sum_i w_i t_i``; all differentiable with respect to ``tau`` and ``feats``. One pass per ray in the C
+        kernels where they are built (CPU, float32/float64), else the same in torch ops.
+    """
+    n, k = tau.shape
+    if feats.dim() != 3 or feats.shape[1:] != tau.shape or t0.shape != (n,) or counts.shape != (n,):
+        raise ValueError(
+            f"composite wants tau (n, k), feats (C, n, k), t0 and counts (n,); got {tuple(tau.shape)}, "
+            f"{tuple(feats.shape)}, {tuple(t0.shape)}, {tuple(counts.shape)}"
+        )
+    native = (
+        tau.device.type == "cpu" and tau.dtype in _NATIVE_TYPES and feats.dtype == tau.dtype
+        and native_lib() is not None
+    )
+    if native:
+        args = (tau.contiguous(), feats.contiguous(), t0.detach().to(tau.dtype).contiguous(), float(step))
+        return _Composite.apply(*args, counts.detach().long().contiguous(), float(weight_threshold))
+    ticks = torch.arange(tau.shape[1], device=tau.device, dtype=tau.dtype)  # (k,)
+    tau = tau * (ticks[None, :] < counts[:, None])  # (n, k) samples past the end have no say (nor gradient)
+    cum = torch.cumsum(tau, dim=1)  # (n, k)
+    trans = torch.exp(tau - cum)  # (n, k) transmittance before each sample
+    weights = -torch.expm1(-tau) * trans  # (n, k)
+    opacity = -torch.expm1(-cum[:, -1])  # (n,) = sum of weights
+    keep = weights.detach() >= weight_threshold  # (n, k)
+    w_shade = weights * keep  # (n, k)
+    rgb = (feats * w_shade).sum(-1).T  # (n, C)
+    t_dense = t0[:, None] + step * ticks[None, :]  # (n, k)
+    depth = (weights * t_dense).sum(1)  # (n,)
+    return weights, rgb, opacity, depth
+
+
 def render_rays(
     field: VoxelField,
     origins: Tensor,
@@ -78,10 +171,11 @@ def render_rays(
         dirs: (R, 3) unit ray directions (``t`` is then a distance).
         step_ratio: march step as a fraction of the voxel size ``2 * bbox / N`` (reference: 0.5).
         bg_depth: depth given to the background's share (reference: 10).
-        weight_threshold: samples with a smaller weight get no feature lookup (reference: 1e-4).
+        weight_threshold: features of samples with a smaller weight are left out (reference: 1e-4).
 
     Returns:
-        :class:`RenderOutput` with ``features`` (R, C), ``depth`` (R,), ``opacity`` (R,), ``weights`` (S,).
+        :class:`RenderOutput` with ``features`` (R, C), ``depth`` (R,), ``opacity`` (R,), ``weights`` (S,),
+        ``S`` = rays hitting the box x the longest one's sample count.
     """
     if origins.shape != dirs.shape or origins.dim() != 2 or origins.shape[-1] != 3:
         raise ValueError(f"origins and dirs must both be (R, 3), got {tuple(origins.shape)} and {tuple(dirs.shape)}")
@@ -113,25 +207,14 @@ def render_rays(
     ticks = torch.arange(k, device=dev, dtype=dtype)  # (k,)
     inside = ticks[None, :] < counts[:, None]  # (n, k), a prefix of each row
 
-    # 3. densities and features in one pass over the samples (every channel per corner walk), weights
+    # 3. densities and features in one pass over the samples (every channel per corner walk)
     raw, feats = field.lookup_rays(start, delta, counts, k)  # (n, k), (C, n, k)
-    sigma = field.activate(raw)  # (n, k)
-    tau = sigma * (inside * step)  # (n, k) optical thickness per sample, 0 past the ray's end
-    cum = torch.cumsum(tau, dim=1)  # (n, k)
-    trans = torch.exp(tau - cum)  # (n, k) transmittance before each sample
-    weights = -torch.expm1(-tau) * trans  # (n, k)
-    opacity = -torch.expm1(-cum[:, -1])  # (n,) = sum of weights
+    tau = field.activate(raw) * (inside * step)  # (n, k) optical thickness per sample, 0 past the ray's end
 
-    # 4. features count only where the weight matters; the others get zero weight, hence a zero feature
-    # gradient, and the backward skips their scatters
-    keep = weights.detach() >= weight_threshold  # (n, k)
-    n_shaded = int(keep.sum())
-    w_shade = weights if n_shaded == int(counts.sum()) else weights * keep  # (n, k)
-    rgb = (feats * w_shade).sum(-1).T  # (n, C)
-
-    # 5. depth: expected distance of the samples
-    t_dense = t0[:, None] + step * ticks[None, :]  # (n, k)
-    depth_hit = (weights * t_dense).sum(1)  # (n,)
+    # 4. compositing; features count only where the weight matters: the others get zero weight, hence a zero
+    # feature gradient, and the lookup's backward skips their scatters
+    weights, rgb, opacity, depth_hit = composite(tau, feats, t0, step, counts, weight_threshold)
+    n_shaded = int((weights.detach() >= weight_threshold).sum())
 
     # 6. scatter back to all rays and blend the background
     acc = origins.new_zeros(R, C).index_copy(0, hit, rgb)  # (R, C)

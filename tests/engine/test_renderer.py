@@ -130,7 +130,52 @@ def test_render_image_shapes_and_skipping() -> None:
     out = render_image(field, cam)
     assert out.image.shape == (3, 12, 10)
     assert out.depth.shape == out.opacity.shape == (12, 10)
-    assert 0 < out.n_shaded < out.n_samples / 4  # features looked up only where weights matter
+    assert 0 < out.n_shaded < out.n_samples / 4  # features composited only where weights matter
     assert out.opacity.max() > 0.99 and out.opacity.min() < 1e-3
     out.image.sum().backward()
     assert field.features.grad.abs().sum() > 0 and field.density.grad.abs().sum() > 0
+    # nodes whose every cell is empty only ever meet samples with w < 1e-4: no feature gradient, but density
+    # gradient (they still thin the light out)
+    assert field.features.grad[:, :5].abs().max() == 0 and field.features.grad[:, 11:].abs().max() == 0
+    assert field.density.grad[:, :5].abs().sum() > 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_compositing_matches_torch(threads: int, monkeypatch) -> None:
+    """The C compositing kernels give the torch ops' weights, colours, opacity, depth and gradients."""
+    import sjc_engine.field as field_module
+    from sjc_engine.renderer import composite
+
+    if field_module.native_lib() is None:
+        pytest.skip("native kernels not built")
+    g = torch.Generator().manual_seed(0)
+    n, k, C = 90, 100, 3  # n * k >= 8192: the two-thread split kicks in
+    counts = torch.randint(0, k + 1, (n,), generator=g)
+    inside = torch.arange(k)[None, :] < counts[:, None]
+    tau = torch.rand(n, k, generator=g, dtype=torch.float64) * 0.3 * inside
+    tau[: n // 4] *= 1e-3  # faint rays: many samples under the weight threshold
+    feats = torch.randn(C, n, k, generator=g, dtype=torch.float64)
+    t0 = torch.rand(n, generator=g, dtype=torch.float64)
+    ups = [torch.randn(s, generator=g, dtype=torch.float64) for s in ((n, k), (n, C), (n,), (n,))]
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results = []
+        for native in (True, False):
+            if not native:
+                monkeypatch.setitem(field_module._native_state, "lib", None)
+            x, f = tau.clone().requires_grad_(True), feats.clone().requires_grad_(True)
+            outs = composite(x, f, t0, 0.01, counts, 1e-4)
+            torch.autograd.backward(outs, ups)
+            results.append(([o.detach() for o in outs], x.grad, f.grad))
+    finally:
+        torch.set_num_threads(old)
+    (o1, gx1, gf1), (o2, gx2, gf2) = results
+    for a, b in zip(o1, o2):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert torch.allclose(gx1, gx2, atol=1e-10) and torch.allclose(gf1, gf2, atol=1e-12)
+    assert (gf1 == 0).sum() > (~inside).sum() * C  # features under the threshold got no gradient
+    # and the native gradients against finite differences, float64, a few rays
+    small = (tau[:4, :12].clone().requires_grad_(True), feats[:, :4, :12].clone().requires_grad_(True))
+    cnt = counts[:4].clamp(max=12)
+    assert torch.autograd.gradcheck(lambda a, b: composite(a, b, t0[:4], 0.01, cnt, 1e-4), small)
