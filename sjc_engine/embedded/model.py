@@ -136,6 +136,7 @@ def default_meta(steps_trained: int = 0) -> dict[str, Any]:
         "vocabulary": {"colors": list(PALETTE), "shapes": list(SHAPES)},
         "training": {"steps": steps_trained},
         "defaults": {
+            # the camera distribution the training views were rendered from
             "render_size": 32,
             "grid_size": 64,
             "cam_radius": CAMERA.radius,
@@ -143,15 +144,19 @@ def default_meta(steps_trained: int = 0) -> dict[str, Any]:
             "fov_range_deg": list(CAMERA.fov_range_deg),
             "test_fov_deg": 52.0,
             "view_prompts": True,
+            # SJC settings tuned on short CPU runs (see bench/QUALITY.md)
+            "steps": 1000,
+            "step_ratio": 1.0,
             "guidance_scale": 10.0,
+            "sigma_schedule": "random",
             "sigma_min": 0.05,
-            "sigma_max": 4.0,
-            "emptiness_weight": 300.0,
-            "emptiness_multiplier": 10.0,
+            "sigma_max": 2.0,
+            "density_shift": -5.0,
+            "lr": 0.1,
+            "bg_lr": 0.1,
+            "emptiness_weight": 100.0,
+            "emptiness_multiplier": 3.0,
             "emptiness_step": 0.5,
-            "steps": 1500,
-            "lr": 0.05,
-            "bg_lr": 0.01,
             "half": False,
         },
     }
