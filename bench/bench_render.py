@@ -12,7 +12,7 @@ less sensitive to other processes than wall time; on a loaded machine it still i
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/bench_render.py [--repeats 7] [--reference]
 
-``SJC_NATIVE=0`` times the torch fallback path instead of the C kernels (see ``sjc_engine/field.py``).
+``SJC_NATIVE=0`` times the torch fallback path instead of the C kernels (see ``sjc_engine/native/``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sjc_engine.cameras import sample_camera  # noqa: E402
-from sjc_engine.field import VoxelField, native_lib  # noqa: E402
+from sjc_engine.field import VoxelField  # noqa: E402
+from sjc_engine.native import native_lib  # noqa: E402
 from sjc_engine.renderer import ray_box, render_rays  # noqa: E402
 
 SETTINGS = {"reference": (100, 64, 4), "embedded": (64, 32, 3)}

@@ -26,6 +26,14 @@ RUN set -eux; \
     python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
+# A C compiler for the renderer's CPU kernels (sjc_engine/native/*.c: trilinear lookups and compositing, several
+# times faster than the torch fallback on CPU workers). They are built below into $SJC_NATIVE_CACHE; the
+# compiler stays so a worker on a CPU of another kind (other -march flags) can build its own.
+RUN set -eux; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends gcc libc6-dev; \
+    rm -rf /var/lib/apt/lists/*
+
 # torch first, from the index of the wanted CUDA build; the package's torch==2.13.0 pin is then met.
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 
@@ -38,10 +46,14 @@ COPY worker ./worker
 RUN pip install '.[service]' && rm -rf /src \
     && python -c "from sjc_engine.catalog import resolve_model; print(resolve_model('embedded'))"
 
-RUN useradd --create-home --uid 10001 sjc && mkdir -p /work /models && chown sjc /work
+RUN useradd --create-home --uid 10001 sjc && mkdir -p /work /models /opt/sjc-native \
+    && chown sjc /work /opt/sjc-native
 USER sjc
 WORKDIR /home/sjc
 ENV SJC_WORK_DIR=/work \
-    SJC_MODEL_DIRS=/models
+    SJC_MODEL_DIRS=/models \
+    SJC_NATIVE_CACHE=/opt/sjc-native
+# The C kernels, built now (fails the image build if they do not): jobs start on the fast path.
+RUN python -c "from sjc_engine.native import native_lib; assert native_lib(), 'the C kernels did not build'"
 # One worker process per GPU: -c 1. CUDA is initialised in the pool child, never in the parent.
 CMD ["python", "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "gpu", "-c", "1", "--loglevel", "INFO"]

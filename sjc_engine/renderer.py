@@ -10,21 +10,22 @@ longest ray's sample count, zero past each ray's end), so ``RenderOutput.weights
 emptiness loss) match the reference. The density and every feature channel of all samples come from one
 lookup (:meth:`VoxelField.lookup_rays`: a C kernel that walks each ray's cells once, or the torch fallback);
 its backward scatters only samples with a non-zero gradient, so features of samples below the weight threshold
-cost no scatter.
+cost no scatter. Compositing is :func:`sjc_engine.composite.composite` (C kernels or torch ops, one pass per ray).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from sjc_engine.cameras import Camera
-from sjc_engine.field import _NATIVE_TYPES, VoxelField, _call, _ptrs, _run, native_lib
+from sjc_engine.composite import WEIGHT_THRESHOLD, composite
+from sjc_engine.field import VoxelField
 
-WEIGHT_THRESHOLD = 1e-4
+__all__ = ["BG_DEPTH", "WEIGHT_THRESHOLD", "RenderOutput", "composite", "ray_box", "render_image", "render_rays"]
+
 BG_DEPTH = 10.0
 
 
@@ -62,97 +63,6 @@ def ray_box(origins: Tensor, dirs: Tensor, bbox: float) -> tuple[Tensor, Tensor]
     t_min = torch.minimum(t0, t1).amax(-1).clamp(min=0.0)  # (R,)
     t_max = torch.maximum(t0, t1).amin(-1)  # (R,)
     return t_min, t_max
-
-
-class _Composite(torch.autograd.Function):
-    """The compositing of :func:`composite` in the C kernels (``comp_fwd``/``comp_bwd``, analytic backward)."""
-
-    @staticmethod
-    def forward(ctx: Any, tau: Tensor, feats: Tensor, t0: Tensor, step: float, counts: Tensor, thr: float) -> Any:
-        suf = _NATIVE_TYPES[tau.dtype][1]
-        n, k = tau.shape
-        C = feats.shape[0]
-        w, rgb = torch.empty_like(tau), tau.new_empty(n, C)
-        opacity, depth = tau.new_empty(n), tau.new_empty(n)
-        planes = _ptrs(list(feats))
-        fn = getattr(native_lib(), f"comp_fwd_{suf}")
-        ptrs = (w.data_ptr(), rgb.data_ptr(), opacity.data_ptr(), depth.data_ptr())
-        cuts = _cuts(n, k)
-        _run([_call(fn, tau.data_ptr(), planes, C, t0.data_ptr(), step, counts.data_ptr(), a, b, k, thr, *ptrs)
-              for a, b in zip(cuts, cuts[1:])])
-        ctx.save_for_backward(tau, feats, t0, counts, w)
-        ctx.step, ctx.thr = step, thr
-        return w, rgb, opacity, depth
-
-    @staticmethod
-    def backward(ctx: Any, g_w: Tensor | None, g_rgb: Tensor | None, g_op: Tensor | None, g_depth: Tensor | None):
-        tau, feats, t0, counts, w = ctx.saved_tensors
-        n, k = tau.shape
-        C = feats.shape[0]
-        g_w = g_w.contiguous() if g_w is not None else None
-        g_rgb = g_rgb.contiguous() if g_rgb is not None else tau.new_zeros(n, C)
-        g_op = g_op.contiguous() if g_op is not None else tau.new_zeros(n)
-        g_depth = g_depth.contiguous() if g_depth is not None else tau.new_zeros(n)
-        g_tau, g_feats = torch.empty_like(tau), torch.empty_like(feats)
-        fn = getattr(native_lib(), f"comp_bwd_{_NATIVE_TYPES[tau.dtype][1]}")
-        planes, g_planes = _ptrs(list(feats)), _ptrs(list(g_feats))
-        gw = g_w.data_ptr() if g_w is not None else None
-        ins = (w.data_ptr(), gw, g_rgb.data_ptr(), g_op.data_ptr(), g_depth.data_ptr(), g_tau.data_ptr(), g_planes)
-        cuts = _cuts(n, k)
-        _run([_call(fn, tau.data_ptr(), planes, C, t0.data_ptr(), ctx.step, counts.data_ptr(), a, b, k, ctx.thr,
-                    *ins) for a, b in zip(cuts, cuts[1:])])
-        return g_tau, g_feats, None, None, None, None
-
-
-def _cuts(n: int, k: int) -> list[int]:
-    """Ray ranges for one or two threads."""
-    return [0, n // 2, n] if torch.get_num_threads() > 1 and n * k >= 8192 else [0, n]
-
-
-def composite(
-    tau: Tensor, feats: Tensor, t0: Tensor, step: float, counts: Tensor, weight_threshold: float = WEIGHT_THRESHOLD
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Alpha compositing of ``n`` rays of ``k`` samples (dense layout, zero past each ray's ``counts``).
-
-    Args:
-        tau: (n, k) optical thickness ``sigma_i * step`` of each sample; ignored (no gradient) past the end.
-        feats: (C, n, k) features of each sample.
-        t0: (n,) distance of each ray's first sample; sample ``i`` sits at ``t0 + i * step``.
-        step: distance between samples.
-        counts: (n,) int64 samples of each ray.
-        weight_threshold: features of samples with a smaller weight are left out.
-
-    Returns:
-        ``weights`` (n, k) ``(1 - exp(-tau_i)) * exp(-sum_{j<i} tau_j)``, ``rgb`` (n, C) ``sum_i w_i f_i`` over
-        samples with ``w_i >= weight_threshold``, ``opacity`` (n,) ``1 - exp(-sum_i tau_i)`` and ``depth`` (n,)
-        ``sum_i w_i t_i``; all differentiable with respect to ``tau`` and ``feats``. One pass per ray in the C
-        kernels where they are built (CPU, float32/float64), else the same in torch ops.
-    """
-    n, k = tau.shape
-    if feats.dim() != 3 or feats.shape[1:] != tau.shape or t0.shape != (n,) or counts.shape != (n,):
-        raise ValueError(
-            f"composite wants tau (n, k), feats (C, n, k), t0 and counts (n,); got {tuple(tau.shape)}, "
-            f"{tuple(feats.shape)}, {tuple(t0.shape)}, {tuple(counts.shape)}"
-        )
-    native = (
-        tau.device.type == "cpu" and tau.dtype in _NATIVE_TYPES and feats.dtype == tau.dtype
-        and native_lib() is not None
-    )
-    if native:
-        args = (tau.contiguous(), feats.contiguous(), t0.detach().to(tau.dtype).contiguous(), float(step))
-        return _Composite.apply(*args, counts.detach().long().contiguous(), float(weight_threshold))
-    ticks = torch.arange(tau.shape[1], device=tau.device, dtype=tau.dtype)  # (k,)
-    tau = tau * (ticks[None, :] < counts[:, None])  # (n, k) samples past the end have no say (nor gradient)
-    cum = torch.cumsum(tau, dim=1)  # (n, k)
-    trans = torch.exp(tau - cum)  # (n, k) transmittance before each sample
-    weights = -torch.expm1(-tau) * trans  # (n, k)
-    opacity = -torch.expm1(-cum[:, -1])  # (n,) = sum of weights
-    keep = weights.detach() >= weight_threshold  # (n, k)
-    w_shade = weights * keep  # (n, k)
-    rgb = (feats * w_shade).sum(-1).T  # (n, C)
-    t_dense = t0[:, None] + step * ticks[None, :]  # (n, k)
-    depth = (weights * t_dense).sum(1)  # (n,)
-    return weights, rgb, opacity, depth
 
 
 def render_rays(

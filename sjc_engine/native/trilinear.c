@@ -1,0 +1,169 @@
+/* Trilinear lookups along rays: gather (forward) and scatter (backward) of flattened grids, for
+   sjc_engine/trilinear.py (trilinear_rays). Build: cc -O3 -shared -fPIC -o k.so trilinear.c composite.c -lm
+   (sjc_engine/native/build.py does it, and caches the library).
+
+   Grids are planes of M = n^3 values, flat index (i n + j) n + k for the node at (x_i, y_j, z_k). Samples are
+   given per ray in voxel index coordinates: sample i of ray r sits at start[r] + i delta[r], i < counts[r].
+
+   The typed kernels below are compiled once per element type: this file includes itself with T (float,
+   double) and SUF (f32, f64) defined, and FN(name) names a kernel name_f32 / name_f64. */
+#ifndef SJC_T_TYPED
+#define SJC_T_TYPED
+#include <math.h>
+#include <stdint.h>
+#define MAXC 16 /* channels per pass over the samples */
+#define FN_CAT(a, b) a##_##b
+#define FN_(a, b) FN_CAT(a, b)
+#define FN(name) FN_(name, SUF)
+
+#define T float
+#define SUF f32
+#include __FILE__
+#undef T
+#undef SUF
+
+#define T double
+#define SUF f64
+#include __FILE__
+#undef T
+#undef SUF
+
+#else /* typed kernels, T and SUF defined */
+
+/* Cell and trilinear weights of the point x (index coordinates); 0 for a NaN point. Same clamping as
+   trilinear_corners: x into [0, n - 1], cell corner into [0, n - 2]. Corner k = 4a + 2b + c sits at
+   base + a n^2 + b n + c with weight (x: 1 - f | f)(y)(z). */
+static inline int FN(corner)(const T* x3, int64_t n, int64_t* base, T* w) {
+    int64_t c[3];
+    T f[3];
+    for (int a = 0; a < 3; ++a) {
+        T x = x3[a];
+        if (x != x) return 0;
+        if (x < 0) x = 0;
+        if (x > (T)(n - 1)) x = (T)(n - 1);
+        int64_t i = (int64_t)x; /* floor, x >= 0 */
+        if (i > n - 2) i = n - 2;
+        c[a] = i;
+        f[a] = x - (T)i;
+    }
+    *base = (c[0] * n + c[1]) * n + c[2];
+    T gx = 1 - f[0], gy = 1 - f[1], gz = 1 - f[2];
+    T xy[4] = {gx * gy, gx * f[1], f[0] * gy, f[0] * f[1]};
+    for (int j = 0; j < 4; ++j) {
+        w[2 * j] = xy[j] * gz;
+        w[2 * j + 1] = xy[j] * f[2];
+    }
+    return 1;
+}
+
+/* Sample i of ray r sits at start[r] + i * delta[r] (index coordinates), for i < counts[r]; the output has the
+   dense (R, k) layout, one plane per channel, zero past a ray's end and NaN at NaN points.
+   outs[c][r k + i] = sum_q w_q planes[c][corner_q] for rays r in [r0, r1), channels c in [c0, c1), at most
+   MAXC of them. Consecutive samples in the same cell (about 40% at half-voxel steps) reuse its corner values. */
+static void FN(fwd_block)(const T* start, const T* delta, const int64_t* counts, int64_t r0, int64_t r1,
+                          int64_t k, int64_t n, const T* const* planes, int64_t c0, int64_t c1, T* const* outs) {
+    const int64_t nn = n * n, C = c1 - c0;
+    const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
+    const T* pl[MAXC];
+    T* ou[MAXC];
+    for (int64_t c = 0; c < C; ++c) {
+        pl[c] = planes[c0 + c];
+        ou[c] = outs[c0 + c];
+    }
+    T vals[MAXC][8];
+    for (int64_t r = r0; r < r1; ++r) {
+        const int64_t m = counts[r] < k ? counts[r] : k;
+        const T sx = start[3 * r], sy = start[3 * r + 1], sz = start[3 * r + 2];
+        const T dx = delta[3 * r], dy = delta[3 * r + 1], dz = delta[3 * r + 2];
+        int64_t prev = -1;
+        for (int64_t i = 0; i < m; ++i) {
+            const int64_t p = r * k + i;
+            int64_t b;
+            T w[8];
+            const T x[3] = {sx + (T)i * dx, sy + (T)i * dy, sz + (T)i * dz};
+            if (!FN(corner)(x, n, &b, w)) {
+                for (int64_t c = 0; c < C; ++c) ou[c][p] = NAN;
+                prev = -1;
+                continue;
+            }
+            if (b != prev) {
+                for (int64_t c = 0; c < C; ++c)
+                    for (int q = 0; q < 8; ++q) vals[c][q] = pl[c][b + o[q]];
+                prev = b;
+            }
+            for (int64_t c = 0; c < C; ++c) {
+                T s = 0;
+                for (int q = 0; q < 8; ++q) s += w[q] * vals[c][q];
+                ou[c][p] = s;
+            }
+        }
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t i = m; i < k; ++i) ou[c][r * k + i] = 0;
+    }
+}
+
+void FN(tri_fwd)(const T* start, const T* delta, const int64_t* counts, int64_t r0, int64_t r1, int64_t k,
+                 int64_t n, const T* const* planes, int64_t C, T* const* outs) {
+    for (int64_t c0 = 0; c0 < C; c0 += MAXC)
+        FN(fwd_block)(start, delta, counts, r0, r1, k, n, planes, c0, c0 + MAXC < C ? c0 + MAXC : C, outs);
+}
+
+/* grads[c][corner_q] += w_q gs[c][r k + i] for rays r in [r0, r1), samples i < counts[r], channels c in
+   [c0, c1). Samples whose gradient is zero on those channels are skipped; consecutive samples in the same
+   cell are summed before one scatter of the cell. */
+static void FN(bwd_block)(const T* start, const T* delta, const int64_t* counts, int64_t r0, int64_t r1,
+                          int64_t k, int64_t n, const T* const* gs, int64_t c0, int64_t c1, T* const* grads) {
+    const int64_t nn = n * n, C = c1 - c0;
+    const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
+    const T* gi[MAXC];
+    T* go[MAXC];
+    for (int64_t c = 0; c < C; ++c) {
+        gi[c] = gs[c0 + c];
+        go[c] = grads[c0 + c];
+    }
+    T acc[MAXC][8];
+    for (int64_t r = r0; r < r1; ++r) {
+        const int64_t m = counts[r] < k ? counts[r] : k;
+        const T sx = start[3 * r], sy = start[3 * r + 1], sz = start[3 * r + 2];
+        const T dx = delta[3 * r], dy = delta[3 * r + 1], dz = delta[3 * r + 2];
+        int64_t cur = -1;
+        for (int64_t i = 0; i <= m; ++i) {
+            const int64_t p = r * k + i;
+            int64_t b = -1;
+            T w[8];
+            int live = 0;
+            if (i < m) {
+                for (int64_t c = 0; c < C; ++c) live |= (gi[c][p] != 0);
+                if (live) {
+                    const T x[3] = {sx + (T)i * dx, sy + (T)i * dy, sz + (T)i * dz};
+                    live = FN(corner)(x, n, &b, w);
+                }
+            }
+            if (cur >= 0 && (i == m || (live && b != cur))) { /* flush the cell being summed */
+                for (int64_t c = 0; c < C; ++c) {
+                    T* G = go[c] + cur;
+                    for (int q = 0; q < 8; ++q) G[o[q]] += acc[c][q];
+                }
+                cur = -1;
+            }
+            if (!live) continue;
+            if (cur < 0) {
+                cur = b;
+                for (int64_t c = 0; c < C; ++c)
+                    for (int q = 0; q < 8; ++q) acc[c][q] = 0;
+            }
+            for (int64_t c = 0; c < C; ++c) {
+                const T v = gi[c][p];
+                for (int q = 0; q < 8; ++q) acc[c][q] += w[q] * v;
+            }
+        }
+    }
+}
+
+void FN(tri_bwd)(const T* start, const T* delta, const int64_t* counts, int64_t r0, int64_t r1, int64_t k,
+                 int64_t n, const T* const* gs, int64_t c0, int64_t c1, T* const* grads) {
+    for (int64_t a = c0; a < c1; a += MAXC)
+        FN(bwd_block)(start, delta, counts, r0, r1, k, n, gs, a, a + MAXC < c1 ? a + MAXC : c1, grads);
+}
+
+#endif
