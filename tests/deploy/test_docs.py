@@ -10,6 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 CLIENT_ONLY = {"SJC_SERVER", "SJC_API_KEY", "SJC_VENV", "SJC_TORCH_INDEX_URL", "SJC_DEMO_KEEP"}
+ENGINE_ENV = {"SJC_NATIVE", "SJC_NATIVE_CACHE"}  # read by sjc_engine.native.build
 
 
 def section(title: str) -> str:
@@ -26,7 +27,8 @@ def test_every_service_setting_is_documented_and_nothing_else():
     documented = set(re.findall(r"^\| `(SJC_[A-Z0-9_]+)` \|", table, flags=re.M))
     assert documented == fields, f"missing: {sorted(fields - documented)}, unknown: {sorted(documented - fields)}"
     mentioned = set(re.findall(r"\bSJC_[A-Z0-9_]+\b", README))
-    assert mentioned <= fields | CLIENT_ONLY, f"README names unknown variables: {sorted(mentioned - fields - CLIENT_ONLY)}"
+    known = fields | CLIENT_ONLY | ENGINE_ENV
+    assert mentioned <= known, f"README names unknown variables: {sorted(mentioned - known)}"
 
 
 def test_engine_settings_named_in_the_readme_exist():
@@ -80,3 +82,9 @@ def test_engine_cli_flags_in_the_readme_exist():
     named |= set(re.findall(r"sjc generate [^\n`]*", README) and
                  re.findall(r"(--[a-z-]+)", " ".join(re.findall(r"sjc generate [^\n`]*", README))))
     assert named and named <= flags, sorted(named - flags)
+
+
+def test_engine_environment_variables_named_in_the_readme_are_read_by_the_engine():
+    source = (ROOT / "sjc_engine" / "native" / "build.py").read_text()
+    for name in ENGINE_ENV:
+        assert name in README and f'"{name}"' in source, name
