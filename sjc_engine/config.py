@@ -31,6 +31,8 @@ class SJCConfig:
         render_size: rendered image side in pixels (64 = SD latent size; 32 for the embedded model).
         step_ratio: ray-march step as a fraction of the voxel size (reference: 0.5).
         density_shift: added to the raw density before softplus (reference: -1.0).
+        feature_activation: ``"identity"`` (reference) or ``"tanh"`` (features squashed into [-1, 1];
+            for pixel models, see :class:`sjc_engine.field.VoxelField`).
         cam_radius: camera distance from the origin (reference: 1.5).
         elev_range_deg: elevation range in degrees, sampled area-uniformly (reference: about -6 to 90).
         fov_range_deg: vertical field of view range in degrees, uniform (reference: 40 to 70).
@@ -71,6 +73,7 @@ class SJCConfig:
     render_size: int = 64
     step_ratio: float = 0.5
     density_shift: float = -1.0
+    feature_activation: Literal["identity", "tanh"] = "identity"
     cam_radius: float = 1.5
     elev_range_deg: tuple[float, float] = (-6.0, 90.0)
     fov_range_deg: tuple[float, float] = (40.0, 70.0)
@@ -122,6 +125,7 @@ class SJCConfig:
             ("emptiness_step", 0 <= self.emptiness_step <= 1),
             ("video_frames", self.video_frames >= 1),
             ("device", self.device in ("auto", "cpu", "cuda")),
+            ("feature_activation", self.feature_activation in ("identity", "tanh")),
         ]
         if self.sigma_min is not None and self.sigma_max is not None:
             checks.append(("sigma_min", 0 < self.sigma_min < self.sigma_max))

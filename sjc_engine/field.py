@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,10 +36,19 @@ class VoxelField(nn.Module):
         bbox: half-size of the box (reference: 1.0).
         density_shift: added before the softplus (reference: -1.0, so an empty init has density ~0.31).
         bg_res: side of the background texture (the reference's SJC runs use 4 x 4).
+        feature_activation: ``"identity"`` (reference: raw features, as SD latents are unbounded) or
+            ``"tanh"`` (features and background squashed into [-1, 1], the range of pixel models, so a
+            faint region cannot look solid by over-saturating its colour).
     """
 
     def __init__(
-        self, grid_size: int, channels: int, bbox: float = 1.0, density_shift: float = -1.0, bg_res: int = 4
+        self,
+        grid_size: int,
+        channels: int,
+        bbox: float = 1.0,
+        density_shift: float = -1.0,
+        bg_res: int = 4,
+        feature_activation: Literal["identity", "tanh"] = "identity",
     ) -> None:
         super().__init__()
         if grid_size < 2:
@@ -50,11 +59,14 @@ class VoxelField(nn.Module):
             raise ValueError(f"bbox must be > 0, got {bbox}")
         if bg_res < 1:
             raise ValueError(f"bg_res must be >= 1, got {bg_res}")
+        if feature_activation not in ("identity", "tanh"):
+            raise ValueError(f"feature_activation must be 'identity' or 'tanh', got {feature_activation!r}")
         self.grid_size = int(grid_size)
         self.channels = int(channels)
         self.bbox = float(bbox)
         self.density_shift = float(density_shift)
         self.bg_res = int(bg_res)
+        self.feature_activation = feature_activation
         n = self.grid_size
         self.density = nn.Parameter(torch.zeros(1, n, n, n))
         self.features = nn.Parameter(torch.randn(channels, n, n, n))
@@ -83,7 +95,11 @@ class VoxelField(nn.Module):
         (R, 3) in voxel index coordinates, ``counts`` (R,))."""
         grids = (self.density.view(1, -1), self.features.view(self.channels, -1))
         raw, feats = trilinear_rays(start, delta, counts, k, self.grid_size, *grids)
-        return raw[0], feats
+        return raw[0], self.activate_features(feats)
+
+    def activate_features(self, feats: Tensor) -> Tensor:
+        """Interpolated features to rendered features (identity, or tanh into [-1, 1])."""
+        return torch.tanh(feats) if self.feature_activation == "tanh" else feats
 
     def background(self, dirs: Tensor) -> Tensor:
         """Background features (R, C) for unit ray directions ``dirs`` (R, 3).
@@ -102,7 +118,7 @@ class VoxelField(nn.Module):
         gy = row / max(res - 1, 1) * 2 - 1 if res > 1 else torch.zeros_like(row)
         grid = torch.stack([gx, gy], dim=-1).view(1, 1, -1, 2)  # (1, 1, R, 2)
         out = F.grid_sample(tex[None], grid, mode="bilinear", padding_mode="border", align_corners=True)
-        return out.view(self.channels, -1).T  # (R, C)
+        return self.activate_features(out.view(self.channels, -1).T)  # (R, C)
 
     def density_grid(self) -> Tensor:
         """Activated density at the grid nodes, (N, N, N) indexed ``[x, y, z]``."""
@@ -131,6 +147,7 @@ class VoxelField(nn.Module):
             "bbox": self.bbox,
             "density_shift": self.density_shift,
             "bg_res": self.bg_res,
+            "feature_activation": self.feature_activation,
         }
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:

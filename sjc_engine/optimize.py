@@ -100,7 +100,8 @@ def _cpu_copy(obj: Any) -> Any:
 
 def field_args_for(config: SJCConfig, channels: int) -> dict[str, Any]:
     """The VoxelField constructor arguments a config asks for."""
-    return {"grid_size": config.grid_size, "channels": channels, "bbox": config.bbox, "density_shift": config.density_shift}
+    return {"grid_size": config.grid_size, "channels": channels, "bbox": config.bbox,
+            "density_shift": config.density_shift, "feature_activation": config.feature_activation}
 
 
 def make_state(field: VoxelField, field_args: dict, opt: torch.optim.Optimizer, step: int, rng: _RNG, config: SJCConfig) -> dict[str, Any]:
@@ -159,8 +160,7 @@ def run_sjc(
         field_args = field_args_for(config, denoiser.channels)
         field = VoxelField(**field_args)
     else:
-        field_args = {"grid_size": field.grid_size, "channels": field.channels, "bbox": field.bbox,
-                      "density_shift": field.density_shift}
+        field_args = field.config()
     field = field.to(device).train()
 
     # 2. optimiser, schedule, conditioning

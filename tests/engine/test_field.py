@@ -57,7 +57,8 @@ def test_param_groups_and_save_load(tmp_path) -> None:
         f.d_scale.fill_(0.3)
     path = f.save(tmp_path / "field.pt", extra={"step": 7, "prompt": "a red cube"})
     g = VoxelField.load(path)
-    assert g.config() == f.config() == {"grid_size": 6, "channels": 3, "bbox": 1.5, "density_shift": -0.5, "bg_res": 3}
+    assert g.config() == f.config() == {"grid_size": 6, "channels": 3, "bbox": 1.5, "density_shift": -0.5, "bg_res": 3,
+                                        "feature_activation": "identity"}
     assert g.extra == {"step": 7, "prompt": "a red cube"}
     for (k, a), (_, b) in zip(f.state_dict().items(), g.state_dict().items()):
         assert torch.equal(a, b), k
@@ -67,3 +68,25 @@ def test_param_groups_and_save_load(tmp_path) -> None:
     torch.save({"not": "a field"}, tmp_path / "bad.pt")
     with pytest.raises(ValueError):
         VoxelField.load(tmp_path / "bad.pt")
+
+
+def test_tanh_features_bound_what_is_rendered() -> None:
+    from sjc_engine.cameras import spherical_camera
+    from sjc_engine.renderer import render_image
+
+    torch.manual_seed(0)
+    f = VoxelField(grid_size=8, channels=3, feature_activation="tanh")
+    g = VoxelField(**{**f.config(), "feature_activation": "identity"})
+    g.load_state_dict(f.state_dict())
+    with torch.no_grad():
+        for field in (f, g):
+            field.features.mul_(10.0)
+            field.bg.mul_(10.0)
+            field.density.fill_(3.0)
+    cam = spherical_camera(30.0, 20.0, 2.5, 50.0, 8)
+    tanh_img, raw_img = render_image(f, cam).image, render_image(g, cam).image
+    assert tanh_img.abs().max() <= 1.0 + 1e-5 and raw_img.abs().max() > 3.0
+    dirs = torch.nn.functional.normalize(torch.randn(16, 3), dim=-1)
+    assert torch.allclose(f.background(dirs), torch.tanh(g.background(dirs)))
+    with pytest.raises(ValueError):
+        VoxelField(grid_size=4, channels=3, feature_activation="relu")  # type: ignore[arg-type]
