@@ -26,7 +26,8 @@ def ctx(service_settings) -> WorkerContext:
 
 def _params(service_model, **kw):
     p = {"prompt": "a red sphere", "model": service_model.name, "seed": 1, "steps": 6, "grid_size": 12,
-         "render_size": 16, "video_frames": 2, "preview_every": 3, "mesh_threshold": 0.3}
+         "render_size": 16, "video_frames": 2, "preview_every": 3,
+         "mesh_threshold": service_model.short_run_mesh_threshold}
     p.update(kw)
     return p
 
