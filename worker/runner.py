@@ -53,26 +53,22 @@ def sha256_file(path: Path) -> str:
 
 def build_config(rec: JobRecord, ctx: WorkerContext) -> Any:
     """The run's SJCConfig: reference defaults < the model's defaults < the job's params < worker settings."""
-    from sjc_engine.catalog import ModelNotFoundError, PromptError, resolve_model
-    from sjc_engine.config import SJCConfig
+    from sjc_engine.catalog import ModelNotFoundError, PromptError
+    from sjc_engine.pipeline import build_config as engine_config
 
     params = rec.params
     model = params.get("model") or ctx.settings.default_model
-    try:
-        info = resolve_model(model, ctx.settings.model_dirs)
-    except ModelNotFoundError as exc:
-        raise JobFailed("model_not_found", str(exc)) from exc
-    try:
-        prompt = info.check_prompt(str(params.get("prompt", "")))
-    except PromptError as exc:
-        raise JobFailed("invalid_prompt", str(exc)) from exc
     overrides = {k: v for k, v in params.items() if k not in NOT_CONFIG}
     settings = ctx.settings
     try:
-        return SJCConfig.for_model(
-            info.defaults, prompt=prompt, model=model, **overrides,
+        return engine_config(
+            str(params.get("prompt", "")), model, settings.model_dirs, **overrides,
             checkpoint_every=settings.checkpoint_every, device=settings.worker_device, half=settings.worker_half,
         )
+    except ModelNotFoundError as exc:
+        raise JobFailed("model_not_found", str(exc)) from exc
+    except PromptError as exc:
+        raise JobFailed("invalid_prompt", str(exc)) from exc
     except (TypeError, ValueError) as exc:
         raise JobFailed("invalid_params", str(exc)) from exc
 
