@@ -13,11 +13,10 @@ import hashlib
 import json
 import re
 import secrets
-from pathlib import Path
 from typing import Any
 
 from api.problems import field_error
-from sjc_engine.catalog import EMBEDDED_DIR, EMBEDDED_NAME, ModelInfo, ModelNotFoundError, PromptError, resolve_model
+from sjc_engine.catalog import ModelInfo, ModelNotFoundError, PromptError, resolve_model
 from sjc_engine.config import SJCConfig
 from sjc_service.schemas import JobCreate
 from sjc_service.settings import Settings
@@ -33,22 +32,13 @@ def request_hash(body: JobCreate) -> str:
 
 
 def find_model(name: str, settings: Settings) -> ModelInfo:
-    """The model called ``name``, looked up only where the service keeps models."""
+    """The model called ``name``, looked up only where the service keeps models (never a server path)."""
     if not MODEL_NAME.match(name) or name in (".", ".."):
         raise field_error("model", f"{name!r} is not a model name (letters, digits, '.', '_', '-'; no paths)")
-    candidates = [Path(d) / name for d in settings.model_dirs]
-    looked = [str(EMBEDDED_DIR)] if name == EMBEDDED_NAME else [str(c) for c in candidates]
-    info = None
-    # resolve_model would also try ``name`` relative to the working directory: only model folders count here
-    if name == EMBEDDED_NAME or any(c.exists() for c in candidates):
-        try:
-            info = resolve_model(name, settings.model_dirs)
-        except ModelNotFoundError:
-            info = None
-    if info is None:
-        where = ", ".join(looked) or "no model folders are configured (SJC_MODEL_DIRS)"
-        raise field_error("model", f"model {name!r} not found; looked in: {where}. See GET /v1/models.")
-    return info
+    try:
+        return resolve_model(name, settings.model_dirs, allow_paths=False)
+    except ModelNotFoundError as exc:
+        raise field_error("model", f"{exc} See GET /v1/models.") from None
 
 
 def effective_params(body: JobCreate, settings: Settings) -> dict[str, Any]:

@@ -98,8 +98,12 @@ def _info_from_path(name: str, path: Path) -> ModelInfo:
     return ModelInfo(name=name, path=path, kind=kind, description=f"diffusers model at {path}")
 
 
-def resolve_model(model: str, model_dirs: Sequence[str | Path] = ()) -> ModelInfo:
-    """Find ``model``: ``"embedded"``, a folder name under one of ``model_dirs``, or a local path."""
+def resolve_model(model: str, model_dirs: Sequence[str | Path] = (), allow_paths: bool = True) -> ModelInfo:
+    """Find ``model``: ``"embedded"``, a folder name under one of ``model_dirs``, or a local path.
+
+    With ``allow_paths=False`` (the service: clients name models, never server paths) only the embedded
+    model and folders under ``model_dirs`` count.
+    """
     looked: list[Path] = []
     if model == EMBEDDED_NAME:
         looked.append(EMBEDDED_DIR)
@@ -107,12 +111,13 @@ def resolve_model(model: str, model_dirs: Sequence[str | Path] = ()) -> ModelInf
             return _info_from_path(EMBEDDED_NAME, EMBEDDED_DIR)
     else:
         candidates = [Path(d) / model for d in model_dirs] if "/" not in model else []
-        candidates.append(Path(model).expanduser())
+        if allow_paths:
+            candidates.append(Path(model).expanduser())
         for cand in candidates:
             looked.append(cand)
             if cand.is_dir() or (cand.is_file() and cand.suffix in SINGLE_FILE_SUFFIXES):
                 return _info_from_path(model, cand.resolve())
-    where = ", ".join(str(p) for p in looked)
+    where = ", ".join(str(p) for p in looked) or "nowhere (no model folders are configured)"
     raise ModelNotFoundError(
         f"model {model!r} not found; looked in: {where}. Models load from local files only "
         "(a diffusers folder or a .safetensors/.ckpt file); nothing is downloaded."

@@ -31,11 +31,3 @@ def get_denoiser(model: str, device: str = "auto", half: bool = True, model_dirs
             _CACHE.popitem(last=False)
         return denoiser
 
-
-def cached_models() -> list[str]:
-    return [k[0] for k in _CACHE]
-
-
-def clear_cache() -> None:
-    with _LOCK:
-        _CACHE.clear()

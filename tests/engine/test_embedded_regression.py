@@ -45,6 +45,7 @@ def _ious(prompt: str, denoiser) -> dict[str, float]:
 def test_cube_prompt_makes_a_cube_not_a_torus(denoiser) -> None:
     ious = _ious("a red cube", denoiser)
     assert ious["cube"] > ious["torus"], ious
+    assert ious["cube"] > 0.2, ious  # 0.29 with the shipped model and these settings
 
 
 @pytest.mark.slow
@@ -52,4 +53,4 @@ def test_cube_prompt_makes_a_cube_not_a_torus(denoiser) -> None:
 def test_torus_prompt_makes_a_torus_not_a_cube(denoiser) -> None:
     ious = _ious("a blue torus", denoiser)
     assert ious["torus"] > ious["cube"], ious
-    assert ious["torus"] > 0.15, ious
+    assert ious["torus"] > 0.4, ious  # 0.59 with the shipped model and these settings
