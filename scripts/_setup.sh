@@ -59,3 +59,30 @@ ensure_redis_server() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server
 }
+
+apt_install() {
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        sudo="sudo"
+    fi
+    log "installing $* from Debian's packages"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" ||
+        { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"; }
+}
+
+# ensure_chromium      Debian's chromium for the browser tests (Playwright drives it; it downloads no browser)
+ensure_chromium() {
+    command -v chromium >/dev/null 2>&1 || apt_install chromium
+}
+
+# ensure_web           web/node_modules from web/package-lock.json (three.js, esbuild, gltf-validator)
+ensure_web() {
+    local stamp="web/node_modules/.sjc-lock-stamp" want
+    want="$(sha256sum web/package-lock.json | cut -c1-16)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+        log "installing web/node_modules (npm ci)"
+        (cd web && npm ci --no-audit --no-fund)
+        echo "$want" >"$stamp"
+    fi
+}

@@ -7,6 +7,9 @@ source scripts/_setup.sh
 
 ensure_venv
 ensure_redis_server
+ensure_chromium
+ensure_web
+export SJC_REQUIRE_BROWSER=1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 log "running the tests"
 exec "$PY" -m pytest -q "$@"
