@@ -3,7 +3,9 @@
 Routes raise :class:`Problem`; :func:`install_problem_handlers` turns it, FastAPI's validation errors
 (``errors: [{field, message, type}]``, malformed JSON as 400), Starlette's HTTP errors (404, 405 with
 its ``Allow`` header) and unexpected exceptions (500, no internals leaked) into the same shape:
-``{"type", "title", "status", "detail", "instance", ...extensions}``.
+``{"type", "title", "status", "detail", "instance", ...extensions}``. A body that is not UTF-8 is a 400
+``malformed-body`` with ``errors``. The OpenAPI document says so: every 4xx/5xx response is declared
+``application/problem+json`` with :class:`ProblemDetails` (FastAPI's default 422 is ``application/json``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
@@ -21,6 +24,7 @@ from starlette.routing import Match
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:sjc:problem:"
+BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's detail when the body cannot be decoded
 log = logging.getLogger("sjc.api")
 
 
@@ -138,6 +142,8 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR:
+            return problem_response(body_problem(exc.__cause__), request)
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail != HTTPStatus(exc.status_code).phrase else None
         if exc.status_code == 404 and detail is None:
             detail = f"No resource at {request.url.path}"
@@ -154,3 +160,44 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_crash)
+    install_problem_openapi(app)
+
+
+def body_problem(cause: BaseException | None) -> Problem:
+    """400 for a body FastAPI could not decode (not UTF-8, or not JSON after decoding)."""
+    if isinstance(cause, UnicodeDecodeError):
+        message = f"the body is not UTF-8 (byte {cause.start}: {cause.reason})"
+    else:
+        message = "the body could not be decoded"
+    return Problem(400, f"The request body cannot be read: {message}.", slug="malformed-body",
+                   title="Malformed body", errors=[{"field": "body", "in": "body", "message": message}])
+
+
+def problems_in_openapi(spec: dict[str, Any]) -> dict[str, Any]:
+    """Declare every 4xx/5xx response of ``spec`` as ``application/problem+json`` (in place; returns it)."""
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault("ProblemDetails", ProblemDetails.model_json_schema())
+    ref = {"$ref": "#/components/schemas/ProblemDetails"}
+    for path_item in spec.get("paths", {}).values():
+        for operation in path_item.values():
+            for status, response in (operation.get("responses") or {}).items():
+                if status[:1] in ("4", "5"):
+                    content = response.setdefault("content", {})
+                    content.pop("application/json", None)
+                    content[PROBLEM_JSON] = {"schema": ref}
+    for name in ("HTTPValidationError", "ValidationError"):
+        if not any(name in str(op) for item in spec.get("paths", {}).values() for op in item.values()):
+            schemas.pop(name, None)
+    return spec
+
+
+def install_problem_openapi(app: FastAPI) -> None:
+    """Make ``app.openapi()`` declare problem+json for every error response."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            app.openapi_schema = problems_in_openapi(spec)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

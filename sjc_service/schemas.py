@@ -10,7 +10,9 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sjc_service.validation import check_prompt_text
 
 OutputKind = Literal["checkpoint", "video", "mesh", "previews"]
 MeshFormat = Literal["glb", "ply", "obj"]
@@ -22,12 +24,16 @@ class JobCreate(BaseModel):
     """Body of ``POST /v1/jobs``. ``None`` means "the model's recommended value".
 
     Every bound here is a hard ceiling; the API applies the deployment's tighter limits
-    (``Settings.max_steps``, ``Settings.max_prompt_chars``) on top.
+    (``Settings.max_steps``, ``Settings.max_prompt_chars``) on top. Types are strict: ``"steps": true``
+    or ``"steps": "5"`` is refused, not converted. The characters a prompt may hold are listed in
+    :mod:`sjc_service.validation` (no control or format characters, no emoji).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    prompt: str = Field(min_length=1, max_length=1000, description="text prompt, e.g. 'a red sphere'")
+    prompt: str = Field(min_length=1, max_length=1000, description=(
+        "text prompt, e.g. 'a red sphere': letters, marks, digits, punctuation, math/currency/modifier "
+        "symbols and spaces; no control or format characters (NUL, U+200B, U+202E), no emoji"))
     model: str | None = Field(None, min_length=1, max_length=200, description="model name; None: the default")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="None: the service draws one and records it")
     steps: int | None = Field(None, ge=1, le=100_000)
@@ -43,6 +49,11 @@ class JobCreate(BaseModel):
     preview_every: int | None = Field(None, ge=0, le=100_000)
     outputs: list[OutputKind] = Field(default_factory=lambda: list(ALL_OUTPUTS), max_length=4)
     mesh_formats: list[MeshFormat] = Field(default_factory=lambda: list(ALL_MESH_FORMATS), max_length=3)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_chars(cls, value: str) -> str:
+        return check_prompt_text(value)
 
 
 class JobStatus(str, Enum):

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
 from api.deps import ServicesDep
-from api.problems import Problem
+from api.problems import Problem, problem_responses
 from sjc_service.store import LocalStore, check_key
 
 router = APIRouter(prefix="/files", tags=["files"])
@@ -24,7 +24,7 @@ def _not_found(key: str) -> Problem:
     return Problem(404, f"No file {key!r}.", slug="file-not-found", title="File not found")
 
 
-@router.get("/{key:path}", response_class=FileResponse, responses={403: {"description": "bad or expired link"}})
+@router.get("/{key:path}", response_class=FileResponse, responses=problem_responses(403, 404, 422))
 def get_file(
     key: str,
     services: ServicesDep,

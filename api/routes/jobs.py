@@ -15,11 +15,13 @@ from api.problems import Problem, field_error, problem_responses
 from sjc_service.jobs import ActiveJobLimit, IdempotencyConflict, idem_key
 from sjc_service.queue import enqueue_job
 from sjc_service.schemas import TERMINAL, JobCreate, JobStatus
+from sjc_service.validation import IDEMPOTENCY_KEY_PATTERN
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger("sjc.api")
 RETRY_AFTER_S = 30
-PROBLEMS = problem_responses(401, 404, 409, 413, 422, 429)
+PROBLEMS = problem_responses(400, 401, 404, 409, 413, 422, 429)
+CURSOR_PATTERN = "^[A-Za-z0-9_-]+$"  # urlsafe base64 without padding, as next_cursor gives it
 
 
 @router.post("", status_code=202, response_model=JobOut, responses=PROBLEMS)
@@ -28,7 +30,8 @@ def create_job(
     response: Response,
     owner: CurrentOwner,
     services: ServicesDep,
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(
+        pattern=IDEMPOTENCY_KEY_PATTERN, description="1-200 printable ASCII characters ('!' to '~')")] = None,
 ) -> JobOut:
     """Queue a text-to-3D job. The same ``Idempotency-Key`` with the same body returns the same job;
     with a different body it is a 422 (draft-ietf-httpapi-idempotency-key-header, section 2.7)."""
@@ -68,7 +71,7 @@ def list_jobs(
     jobs: JobStoreDep,
     owner: CurrentOwner,
     status: JobStatus | None = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=200, pattern=CURSOR_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobPage:
     """Your jobs, newest first; ``next_cursor`` is ``null`` on the last page."""
