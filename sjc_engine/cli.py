@@ -15,6 +15,7 @@ from typing import Any
 
 from sjc_engine.callbacks import Callbacks, StepReport
 from sjc_engine.catalog import ModelNotFoundError, PromptError
+from sjc_engine.denoisers.errors import ModelLoadError
 
 
 class ProgressBar(Callbacks):
@@ -171,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (PromptError, ModelNotFoundError, ValueError) as e:
+    except (PromptError, ModelNotFoundError, ModelLoadError, ValueError) as e:  # one line, exit 2
         print(f"sjc: error: {e}", file=sys.stderr)
         return 2
 

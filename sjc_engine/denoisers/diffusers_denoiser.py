@@ -22,7 +22,9 @@ import torch
 from torch import Tensor
 
 from sjc_engine.denoisers.base import Denoiser
-from sjc_engine.denoisers.vpve import eps_to_denoised, nearest_tick, scale_input, sigmas_from_scheduler, v_to_eps
+from sjc_engine.denoisers.vpve import (
+    alphas_cumprod_float64, eps_to_denoised, nearest_tick, scale_input, sigmas_from_alphas_cumprod, v_to_eps,
+)
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 
@@ -78,8 +80,8 @@ class DiffusersDenoiser(Denoiser):
         self.prediction_type: PredictionType = prediction_type or getattr(scheduler.config, "prediction_type", "epsilon")
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
-        self.alphas_cumprod = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float64).cpu()
-        self.sigmas = sigmas_from_scheduler(scheduler)
+        self.alphas_cumprod = alphas_cumprod_float64(scheduler)  # (T,) float64 on the CPU
+        self.sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod)  # (T,) float64 on the CPU
         self.channels = int(unet.config.in_channels)
         size = unet.config.sample_size
         self.image_size = int(size if isinstance(size, int) else size[0])
@@ -120,6 +122,7 @@ class DiffusersDenoiser(Denoiser):
 
     # -- denoising --------------------------------------------------------------------------------------------
     def _unet(self, x_in: Tensor, t: int, context: Tensor | None) -> Tensor:
+        """The UNet's prediction in float32 (B, C, H, W); ``x_in`` and ``context`` in the model's dtype."""
         ts = torch.full((x_in.shape[0],), t, device=self.device, dtype=torch.long)  # (B,)
         if context is None:
             out = self.unet(x_in, ts).sample
@@ -127,11 +130,15 @@ class DiffusersDenoiser(Denoiser):
             out = self.unet(x_in, ts, encoder_hidden_states=context).sample
         if out.shape[1] == 2 * self.channels:  # learned variance: keep the mean prediction
             out = out[:, : self.channels]
-        return out
+        return out.float()
 
     @torch.no_grad()
     def model_output(self, x_in: Tensor, t: int, cond: TextCond | None, guidance_scale: float) -> Tensor:
-        """The UNet's (guided) raw prediction for the VP input ``x_in`` (B, C, H, W) at tick ``t``."""
+        """The UNet's (guided) raw prediction for the VP input ``x_in`` (B, C, H, W) at tick ``t``, float32.
+
+        Guidance is combined in float32: at scale 100 the half-precision rounding of ``eps_c - eps_u`` (about
+        1e-3) would be multiplied by 100.
+        """
         if not self.is_text_conditioned:
             return self._unet(x_in, t, None)
         if cond is None:
@@ -149,12 +156,13 @@ class DiffusersDenoiser(Denoiser):
     def denoise(self, x: Tensor, sigma: float, cond: Any = None, guidance_scale: float = 1.0) -> Tensor:
         t, sigma = nearest_tick(self.sigmas, sigma)  # sigma snaps to the tick, as in the reference
         abar = float(self.alphas_cumprod[t])
-        x_in = scale_input(x, sigma).to(device=self.device, dtype=self.dtype)  # (B, C, H, W)
-        out = self.model_output(x_in, t, cond, guidance_scale).to(x.dtype)
+        x_scaled = scale_input(x, sigma)  # (B, C, H, W) in x's dtype and device
+        x_in = x_scaled.to(device=self.device, dtype=self.dtype)  # what the UNet sees
+        out = self.model_output(x_in, t, cond, guidance_scale).to(device=x.device, dtype=x.dtype)
         if self.prediction_type == "sample":  # a clean-image predictor is D itself
-            return out.to(x.device)
-        eps = v_to_eps(x_in.to(x.dtype), out, abar) if self.prediction_type == "v_prediction" else out
-        return eps_to_denoised(x, sigma, eps.to(x.device))
+            return out
+        eps = v_to_eps(x_scaled, out, abar) if self.prediction_type == "v_prediction" else out
+        return eps_to_denoised(x, sigma, eps)
 
     @torch.no_grad()
     def decode(self, x: Tensor) -> Tensor:

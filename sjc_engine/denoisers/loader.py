@@ -12,19 +12,29 @@ Layouts understood (all local, ``local_files_only=True``):
   ``StableDiffusionPipeline.from_single_file``. Diffusers would fetch the component configs from the Hub, so a
   local diffusers config folder is required: a folder named like the file without its suffix
   (``sd15.safetensors`` -> ``sd15/``), or the file's own folder when it holds ``model_index.json``.
+
+Component folders saved with ``variant="fp16"`` (``diffusion_pytorch_model.fp16.safetensors``) load as they are
+(:mod:`sjc_engine.denoisers.weights`). A model that is there but broken (a truncated or corrupted weights file,
+a missing component, an unreadable config) raises :class:`~sjc_engine.denoisers.errors.ModelLoadError`, one
+line naming the file; only a model that is not there at all is a ``ModelNotFoundError``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
 from sjc_engine.catalog import ModelNotFoundError, resolve_model
 from sjc_engine.denoisers.base import Denoiser
 from sjc_engine.denoisers.diffusers_denoiser import DiffusersDenoiser
+from sjc_engine.denoisers.errors import ModelLoadError
+from sjc_engine.denoisers.weights import check_weights_file, files_to_load, pick_variant
+
+T = TypeVar("T")
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -42,19 +52,29 @@ def load_denoiser(
     device: str = "auto",
     half: bool = True,
     model_dirs: Sequence[str | Path] = (),
+    dtype: torch.dtype | None = None,
 ) -> Denoiser:
     """Load ``model`` (``"embedded"``, a name under ``model_dirs``, or a local path) as a VE denoiser.
 
     Args:
         model: what to load; see :func:`sjc_engine.catalog.resolve_model`.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        half: fp16 weights on CUDA (always fp32 on CPU).
+        half: fp16 weights on CUDA (fp32 on CPU).
         model_dirs: folders holding named models.
+        dtype: an explicit precision instead of ``half``'s choice (e.g. ``torch.bfloat16`` on the CPU).
+
+    Raises ``ModelNotFoundError`` when nothing is there, :class:`ModelLoadError` (with ``model`` set to
+    ``model``) when what is there cannot be loaded.
     """
     info = resolve_model(model, model_dirs)
     dev = pick_device(device)
-    dtype = torch.float16 if (half and dev.type == "cuda") else torch.float32
-    return load_from_path(info.path, device=dev, dtype=dtype)
+    if dtype is None:
+        dtype = torch.float16 if (half and dev.type == "cuda") else torch.float32
+    try:
+        return load_from_path(info.path, device=dev, dtype=dtype)
+    except ModelLoadError as e:
+        e.model = e.model or model
+        raise
 
 
 def load_from_path(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> DiffusersDenoiser:
@@ -67,22 +87,53 @@ def load_from_path(path: str | Path, device: torch.device | str = "cpu", dtype: 
     return _load_folder(path, device, dtype)
 
 
-def _scheduler(folder: Path):
+def _guarded(what: Path, root: Path, load: Callable[[], T]) -> T:
+    """``load()``, with any library error turned into a :class:`ModelLoadError` naming ``what``."""
+    try:
+        return load()
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every library failure becomes one typed, one-line error
+        raise ModelLoadError(what, "could not be loaded (corrupted, incomplete or an unsupported format)",
+                             root=root, detail=f"{type(e).__name__}: {e}") from e
+
+
+def _read_json(path: Path, root: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelLoadError(path, "file missing", root=root)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ModelLoadError(path, "not valid JSON", root=root, detail=str(e)) from e
+    if not isinstance(data, dict):
+        raise ModelLoadError(path, "not a JSON object", root=root)
+    return data
+
+
+def _scheduler(folder: Path, root: Path):
     from diffusers import DDPMScheduler
 
     for cfg in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json"):
         if cfg.is_file():
             # Only the noise schedule matters (betas -> alphas_cumprod, prediction_type); any DDPM-family
             # config (PNDM, DDIM, Euler, ...) carries it.
-            return DDPMScheduler.from_config(json.loads(cfg.read_text()))
-    raise ModelNotFoundError(f"{folder} has no scheduler/scheduler_config.json (needed for the noise schedule)")
+            data = _read_json(cfg, root)
+            return _guarded(cfg, root, lambda: DDPMScheduler.from_config(data))
+    raise ModelLoadError(folder / "scheduler" / "scheduler_config.json",
+                         "file missing (the noise schedule is needed)", root=root)
 
 
-def _unet_class_name(unet_dir: Path) -> str:
-    cfg = unet_dir / "config.json"
-    if not cfg.is_file():
-        raise ModelNotFoundError(f"{unet_dir} has no config.json")
-    return json.loads(cfg.read_text()).get("_class_name", "UNet2DConditionModel")
+def _component_kwargs(folder: Path, root: Path, dtype: torch.dtype) -> dict[str, Any]:
+    """``variant=`` (and ``use_safetensors=False`` for ``.bin`` weights) for ``folder``, after checking every
+    weights file it will read."""
+    variant = pick_variant(folder, prefer_half=dtype != torch.float32, root=root)
+    files = files_to_load(folder, variant)
+    for f in files:
+        check_weights_file(f, root=root)
+    kw: dict[str, Any] = {"variant": variant} if variant else {}
+    if files and all(f.suffix == ".bin" for f in files):
+        kw["use_safetensors"] = False
+    return kw
 
 
 def _load_folder(folder: Path, device: torch.device | str, dtype: torch.dtype) -> DiffusersDenoiser:
@@ -90,22 +141,29 @@ def _load_folder(folder: Path, device: torch.device | str, dtype: torch.dtype) -
 
     kw = dict(local_files_only=True, torch_dtype=dtype)
     unet_dir = folder / "unet" if (folder / "unet").is_dir() else folder
-    class_name = _unet_class_name(unet_dir)
-    scheduler = _scheduler(folder)
+    class_name = _read_json(unet_dir / "config.json", folder).get("_class_name", "UNet2DConditionModel")
+    scheduler = _scheduler(folder, folder)
+    if class_name not in ("UNet2DModel", "UNet2DConditionModel"):
+        raise ModelLoadError(unet_dir / "config.json", f"unsupported UNet class {class_name!r}", root=folder)
+    unet_cls = UNet2DModel if class_name == "UNet2DModel" else UNet2DConditionModel
+    unet_kw = _component_kwargs(unet_dir, folder, dtype)
+    unet = _guarded(unet_dir, folder, lambda: unet_cls.from_pretrained(unet_dir, **kw, **unet_kw))
     if class_name == "UNet2DModel":
-        unet = UNet2DModel.from_pretrained(unet_dir, **kw)
         return DiffusersDenoiser(unet, scheduler, device=device, dtype=dtype)
-    if class_name != "UNet2DConditionModel":
-        raise ValueError(f"{unet_dir}: unsupported UNet class {class_name!r}")
     from transformers import AutoTokenizer, CLIPTextModel
 
     for sub in ("text_encoder", "tokenizer"):
         if not (folder / sub).is_dir():
-            raise ModelNotFoundError(f"{folder} has a text-conditioned UNet but no {sub}/ folder")
-    unet = UNet2DConditionModel.from_pretrained(unet_dir, **kw)
-    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-    vae = AutoencoderKL.from_pretrained(folder / "vae", **kw) if (folder / "vae").is_dir() else None
+            raise ModelLoadError(folder / sub, "folder missing (a text-conditioned UNet needs it)", root=folder)
+    te_dir, tok_dir, vae_dir = folder / "text_encoder", folder / "tokenizer", folder / "vae"
+    te_kw = _component_kwargs(te_dir, folder, dtype)
+    text_encoder = _guarded(te_dir, folder, lambda: CLIPTextModel.from_pretrained(
+        te_dir, local_files_only=True, dtype=dtype, **te_kw))
+    tokenizer = _guarded(tok_dir, folder, lambda: AutoTokenizer.from_pretrained(tok_dir, local_files_only=True))
+    vae = None
+    if vae_dir.is_dir():
+        vae_kw = _component_kwargs(vae_dir, folder, dtype)
+        vae = _guarded(vae_dir, folder, lambda: AutoencoderKL.from_pretrained(vae_dir, **kw, **vae_kw))
     return DiffusersDenoiser(unet, scheduler, text_encoder, tokenizer, vae, device=device, dtype=dtype)
 
 
@@ -118,19 +176,22 @@ def single_file_config_dir(path: Path) -> Path | None:
 
 
 def _load_single_file(path: Path, device: torch.device | str, dtype: torch.dtype) -> DiffusersDenoiser:
+    root = path.parent
     if path.suffix not in (".safetensors", ".ckpt"):
-        raise ModelNotFoundError(f"{path}: a single-file model must be .safetensors or .ckpt")
+        raise ModelLoadError(path, "a single-file model must be .safetensors or .ckpt", root=root)
+    check_weights_file(path, root=root)
     config = single_file_config_dir(path)
     if config is None:
-        raise ModelNotFoundError(
-            f"{path}: a single-file checkpoint needs a local diffusers config folder (model_index.json and the "
-            f"component configs) at {path.with_suffix('')} or in {path.parent}; nothing is downloaded"
+        raise ModelLoadError(
+            path.with_suffix(""), f"no local diffusers config folder for {path.name} (model_index.json and the "
+            f"component configs, in {path.with_suffix('').name}/ or beside the file); nothing is downloaded",
+            root=root,
         )
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_single_file(
+    pipe = _guarded(path, root, lambda: StableDiffusionPipeline.from_single_file(
         str(path), config=str(config), local_files_only=True, torch_dtype=dtype,
         safety_checker=None, requires_safety_checker=False,
-    )
-    scheduler = _scheduler(config)
+    ))
+    scheduler = _scheduler(config, root)
     return DiffusersDenoiser(pipe.unet, scheduler, pipe.text_encoder, pipe.tokenizer, pipe.vae, device=device, dtype=dtype)

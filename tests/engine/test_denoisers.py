@@ -7,6 +7,7 @@ import torch
 
 from sjc_engine.catalog import ModelNotFoundError
 from sjc_engine.denoisers.diffusers_denoiser import DiffusersDenoiser, TextCond
+from sjc_engine.denoisers.errors import ModelLoadError
 from sjc_engine.denoisers.loader import load_denoiser, load_from_path
 from sjc_engine.denoisers.vpve import nearest_tick
 
@@ -106,8 +107,9 @@ def test_single_file_without_local_config_is_an_error(tmp_path):
 
     f = tmp_path / "lonely.safetensors"
     save_file({"x": torch.zeros(1)}, f)
-    with pytest.raises(ModelNotFoundError, match="config folder"):
+    with pytest.raises(ModelLoadError, match="config folder") as e:
         load_from_path(f)
+    assert str(tmp_path) not in e.value.public_message
 
 
 def test_named_model_from_model_dirs(tiny_uncond_dir):
