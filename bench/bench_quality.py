@@ -33,8 +33,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from sjc_engine.embedded.dataset import ProceduralDataset, nearest_color  # noqa: E402
-from sjc_engine.embedded.metrics import object_color, yaw_iou  # noqa: E402
+from training.dataset import ProceduralDataset, nearest_color  # noqa: E402
+from training.metrics import object_color, yaw_iou  # noqa: E402
 
 # two colours per shape, every colour at least once
 PROMPTS: list[tuple[str, str]] = [

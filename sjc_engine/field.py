@@ -10,6 +10,10 @@ Grid convention: ``grid[..., i, j, k]`` holds the value at world point ``(x_i, y
 ``x_i = -bbox + 2 * bbox * i / (N - 1)`` (nodes on the box corners, like ``grid_sample(align_corners=True)``),
 so ``density_grid()`` and ``occupancy()`` index as ``[x, y, z]``. Lookups are trilinear
 (:mod:`sjc_engine.trilinear`: C kernels where they are built, else torch ops).
+
+``occupancy_grid`` (None by default: every sample is looked up) lets ray lookups skip empty space
+(:mod:`sjc_engine.occupancy`); :meth:`VoxelField.refresh_occupancy` rebuilds it from the density. It is derived
+state, not a parameter: not in ``state_dict`` nor in saved files.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sjc_engine.occupancy import DEFAULT_SETTINGS, OccupancyGrid, OccupancySettings, SkipRule
 from sjc_engine.trilinear import trilinear_rays
 
 FORMAT_VERSION = 1
@@ -72,6 +77,7 @@ class VoxelField(nn.Module):
         self.features = nn.Parameter(torch.randn(channels, n, n, n))
         self.d_scale = nn.Parameter(torch.tensor(0.0))
         self.bg = nn.Parameter(torch.randn(channels, bg_res, bg_res))  # (C, polar, azimuth)
+        self.occupancy_grid: OccupancyGrid | None = None
 
     # ---------------------------------------------------------------- geometry
     @property
@@ -92,10 +98,29 @@ class VoxelField(nn.Module):
     def lookup_rays(self, start: Tensor, delta: Tensor, counts: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Raw density (R, k) and features (C, R, k) at ``k`` evenly spaced samples per ray, zero past each
         ray's ``counts`` (see :func:`~sjc_engine.trilinear.trilinear_rays`; ``start`` (R, 3) and ``delta``
-        (R, 3) in voxel index coordinates, ``counts`` (R,))."""
+        (R, 3) in voxel index coordinates, ``counts`` (R,)). Every sample: no skipping."""
         grids = (self.density.view(1, -1), self.features.view(self.channels, -1))
         raw, feats = trilinear_rays(start, delta, counts, k, self.grid_size, *grids)
         return raw[0], self.activate_features(feats)
+
+    def lookup_rays_skipping(
+        self, start: Tensor, delta: Tensor, counts: Tensor, k: int, step: float
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:meth:`lookup_rays` skipping empty space by :attr:`occupancy_grid` (``step``: the march step in world
+        units, for the stopping rule), plus the (R, k) bool mask of the samples looked up; without a grid the
+        plain lookup and None for the mask."""
+        if self.occupancy_grid is None:
+            return (*self.lookup_rays(start, delta, counts, k), None)
+        grids = (self.density.view(1, -1), self.features.view(self.channels, -1))
+        rule = SkipRule(self.occupancy_grid, float(self.d_scale.detach().exp()), self.density_shift, float(step))
+        raw, feats, live = trilinear_rays(start, delta, counts, k, self.grid_size, *grids, skip=rule)
+        return raw[0], self.activate_features(feats), live
+
+    @torch.no_grad()
+    def refresh_occupancy(self, step: float, settings: OccupancySettings = DEFAULT_SETTINGS) -> OccupancyGrid:
+        """Rebuild :attr:`occupancy_grid` from the current density for a march step ``step`` (world units)."""
+        self.occupancy_grid = OccupancyGrid.from_density(self.density_grid(), step, settings)
+        return self.occupancy_grid
 
     def activate_features(self, feats: Tensor) -> Tensor:
         """Interpolated features to rendered features (identity, or tanh into [-1, 1])."""

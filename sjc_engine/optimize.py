@@ -8,6 +8,10 @@ Per step (pals-ttic/sjc ``run_sjc.py``, with callbacks, checkpoints and exact re
 4. backward ``-grad`` through the renderer (a vector-Jacobian product) together with the emptiness and
    center-depth losses, then one Adamax step.
 
+Every ``occupancy.every`` steps the field's occupancy grid is rebuilt from its density (empty-space skipping,
+:mod:`sjc_engine.occupancy`); it is part of the resumable state, and rebuilt once more at the end so renders of
+the result (previews, video) skip empty space too.
+
 Randomness: cameras and sigmas come from a numpy ``Generator``, PAAS noise from a CPU ``torch.Generator``,
 both seeded from ``config.seed``; torch's and Python's global RNGs are seeded too. All of them are in the
 checkpoint state, so ``run_sjc(resume=state)`` continues bit-for-bit like an uninterrupted run on the CPU.
@@ -30,6 +34,7 @@ from sjc_engine.config import SJCConfig
 from sjc_engine.denoisers.base import Denoiser
 from sjc_engine.field import VoxelField
 from sjc_engine.losses import center_depth_loss, emptiness_loss, emptiness_weight
+from sjc_engine.occupancy import DEFAULT_SETTINGS, OccupancyGrid, OccupancySettings
 from sjc_engine.paas import paas_grad
 from sjc_engine.renderer import render_image
 from sjc_engine.sigmas import SigmaSchedule
@@ -106,8 +111,11 @@ def field_args_for(config: SJCConfig, channels: int) -> dict[str, Any]:
 
 def make_state(field: VoxelField, field_args: dict, opt: torch.optim.Optimizer, step: int, rng: _RNG, config: SJCConfig) -> dict[str, Any]:
     """The resumable state after ``step`` steps (CPU copies; see :mod:`sjc_engine.checkpoint`)."""
+    grid = field.occupancy_grid
     return {
         "field": _cpu_copy(field.state_dict()),
+        "occupancy": None if grid is None else {"bits": _cpu_copy(grid.bits), "cell": grid.cell,
+                                                "stop_transmittance": grid.stop_transmittance},
         "field_args": dict(field_args),
         "optimizer": _cpu_copy(opt.state_dict()),
         "step": step,
@@ -137,6 +145,7 @@ def run_sjc(
     callbacks: Callbacks | None = None,
     resume: dict[str, Any] | None = None,
     field: VoxelField | None = None,
+    occupancy: OccupancySettings | None = DEFAULT_SETTINGS,
 ) -> SJCResult:
     """Optimise a voxel field for ``config.prompt`` with the denoiser's score (Score Jacobian Chaining).
 
@@ -147,6 +156,8 @@ def run_sjc(
         resume: a state from ``on_checkpoint`` / :func:`sjc_engine.checkpoint.load_checkpoint`; the run
             continues from its step with its field, optimiser and random state.
         field: start from this field instead of a fresh one (ignored when resuming).
+        occupancy: empty-space skipping (:class:`~sjc_engine.occupancy.OccupancySettings`, default: on, rebuilt
+            every 8 steps); None or ``every=0``: every sample is marched, as the reference does.
     """
     cb = callbacks or Callbacks()
     # 1. seeds and the field
@@ -162,6 +173,12 @@ def run_sjc(
     else:
         field_args = field.config()
     field = field.to(device).train()
+    skip_every = occupancy.every if occupancy is not None else 0
+    field.occupancy_grid = None
+    if resume is not None and skip_every > 0 and resume.get("occupancy") is not None:
+        o = resume["occupancy"]
+        field.occupancy_grid = OccupancyGrid(o["bits"].to(device), int(o["cell"]), float(o["stop_transmittance"]))
+    march_step = config.step_ratio * field.voxel_size
 
     # 2. optimiser, schedule, conditioning
     opt = torch.optim.Adamax(field.param_groups(config.lr, config.bg_lr), lr=config.lr)
@@ -185,6 +202,8 @@ def run_sjc(
         cam = sample_camera(rng.cameras, config.render_size, config.cam_radius, config.elev_range_deg, config.fov_range_deg)
         prompt = view_prompt(config.prompt, cam) if config.view_prompts else config.prompt
         cond = denoiser.encode_prompt(prompt)
+        if skip_every > 0 and step % skip_every == 0:
+            field.refresh_occupancy(march_step, occupancy)
 
         out = render_image(field, cam, config.step_ratio)
         y = out.image[None]  # (1, C, H, W)
@@ -231,5 +250,7 @@ def run_sjc(
     # 4. the final state
     if last_ckpt != step:
         cb.on_checkpoint(make_state(field, field_args, opt, step, rng, config), step)
+    if skip_every > 0:
+        field.refresh_occupancy(march_step, occupancy)
     field.eval()
     return SJCResult(field=field, step=step, stopped=stopped, losses=losses)

@@ -8,9 +8,10 @@ composited with ``w_i = a_i * prod_{j<i} (1 - a_j)``, ``a_i = 1 - exp(-sigma_i *
 No Python loop over rays or samples. Samples live in the reference's dense layout (rays that hit the box x the
 longest ray's sample count, zero past each ray's end), so ``RenderOutput.weights`` and a mean over it (the
 emptiness loss) match the reference. The density and every feature channel of all samples come from one
-lookup (:meth:`VoxelField.lookup_rays`: a C kernel that walks each ray's cells once, or the torch fallback);
+lookup (:meth:`VoxelField.lookup_rays_skipping`: a C kernel that walks each ray's cells once, or the torch fallback);
 its backward scatters only samples with a non-zero gradient, so features of samples below the weight threshold
-cost no scatter. Compositing is :func:`sjc_engine.composite.composite` (C kernels or torch ops, one pass per ray).
+cost no scatter. With ``field.occupancy_grid`` set, the lookup skips samples in empty space and behind opaque
+surfaces (:mod:`sjc_engine.occupancy`); they get zero thickness and no gradient. Compositing is :func:`sjc_engine.composite.composite` (C kernels or torch ops, one pass per ray).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class RenderOutput:
         opacity: (R,) or (H, W) ``sum_i w_i`` (= ``1 - exp(-sum_i sigma_i * step)``).
         weights: (S,) compositing weights of every sample, in the reference's zero-padded dense layout.
         image: (C, H, W) the features as an image (``render_image`` only).
-        n_samples: samples inside the box (density and features are looked up for each).
+        n_samples: samples looked up (inside the box; without the skipped ones when the field has an occupancy grid).
         n_shaded: samples whose features are composited (``w >= 1e-4``); the others add no feature gradient.
     """
 
@@ -118,8 +119,9 @@ def render_rays(
     inside = ticks[None, :] < counts[:, None]  # (n, k), a prefix of each row
 
     # 3. densities and features in one pass over the samples (every channel per corner walk)
-    raw, feats = field.lookup_rays(start, delta, counts, k)  # (n, k), (C, n, k)
-    tau = field.activate(raw) * (inside * step)  # (n, k) optical thickness per sample, 0 past the ray's end
+    raw, feats, live = field.lookup_rays_skipping(start, delta, counts, k, step)  # (n, k), (C, n, k), (n, k) or None
+    mask = inside if live is None else live  # skipped samples (empty space, behind opaque surfaces) have no say
+    tau = field.activate(raw) * (mask * step)  # (n, k) optical thickness per sample, 0 past the ray's end
 
     # 4. compositing; features count only where the weight matters: the others get zero weight, hence a zero
     # feature gradient, and the lookup's backward skips their scatters
@@ -132,7 +134,8 @@ def render_rays(
     dep = origins.new_zeros(R).index_copy(0, hit, depth_hit)  # (R,)
     features = acc + (1.0 - op)[:, None] * bg
     depth = dep + (1.0 - op) * bg_depth
-    return RenderOutput(features, depth, op, weights.reshape(-1), None, int(counts.sum()), n_shaded)
+    n_looked = int(counts.sum()) if live is None else int(live.sum())
+    return RenderOutput(features, depth, op, weights.reshape(-1), None, n_looked, n_shaded)
 
 
 def render_image(

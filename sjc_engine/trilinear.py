@@ -17,6 +17,9 @@ Two implementations of :func:`trilinear_rays` (and :func:`trilinear_points`), bo
 * torch (any device; the fallback, :func:`trilinear_rays_torch`): :func:`trilinear_corners`, then
   :func:`trilinear_multi`: ``F.embedding_bag`` over a channels-last table (one gather for every channel) and
   one ``scatter_add_`` per channel.
+
+With a :class:`~sjc_engine.occupancy.SkipRule` both skip samples in empty coarse cells and samples behind a ray's
+transmittance floor (see :mod:`sjc_engine.occupancy`): no lookup, zero value, no gradient, and a live mask out.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sjc_engine.native import kernel, native_supports, pointer_array
+from sjc_engine.occupancy import SkipRule
 from sjc_engine.parallel import MIN_SPLIT, run_jobs, split_rays
 
 
@@ -162,7 +166,7 @@ class _NativeTrilinear(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, start: Tensor, delta: Tensor, counts: Tensor, k: int, n: int, *grids: Tensor
+        ctx: Any, start: Tensor, delta: Tensor, counts: Tensor, k: int, n: int, skip: SkipRule | None, *grids: Tensor
     ) -> tuple[Tensor, ...]:
         fn = kernel("tri_fwd", start.dtype)
         R = start.shape[0]
@@ -173,22 +177,35 @@ class _NativeTrilinear(torch.autograd.Function):
         C = len(planes)
         cuts = split_rays(R, k)
         ptr = (start.data_ptr(), delta.data_ptr(), counts.data_ptr())
-        run_jobs([partial(fn, *ptr, a, b, k, n, src, C, dst) for a, b in zip(cuts, cuts[1:])])
+        if skip is None:
+            rule: tuple = (None, 0, 1, 1.0, 0.0, 0.0, 0.0, None)
+            live = None
+        else:
+            bits = skip.grid.bits.contiguous()
+            live = torch.empty(R, k, dtype=torch.uint8)  # (R, k)
+            rule = (bits.data_ptr(), skip.grid.coarse_size, skip.grid.cell, skip.scale, skip.shift, skip.step,
+                    skip.grid.stop_transmittance, live.data_ptr())
+        run_jobs([partial(fn, *ptr, a, b, k, n, src, C, dst, *rule) for a, b in zip(cuts, cuts[1:])])
         ctx.save_for_backward(start, delta, counts)
         ctx.k, ctx.n, ctx.shapes = k, n, [g.shape for g in grids]
-        return tuple(outs)
+        if live is None:
+            return tuple(outs)
+        live_b = live.bool()
+        ctx.mark_non_differentiable(live_b)
+        return (*outs, live_b)
 
     @staticmethod
     def backward(ctx: Any, *grad_outs: Tensor | None) -> tuple[Tensor | None, ...]:
         start, delta, counts = ctx.saved_tensors
         k, n = ctx.k, ctx.n
-        need = [ctx.needs_input_grad[5 + i] and go is not None for i, go in enumerate(grad_outs)]
+        grad_outs = grad_outs[: len(ctx.shapes)]  # not the live mask's
+        need = [ctx.needs_input_grad[6 + i] and go is not None for i, go in enumerate(grad_outs)]
         grads = [go.new_zeros(shape) if nd else None for nd, go, shape in zip(need, grad_outs, ctx.shapes)]
         gos = [go.contiguous() for nd, go in zip(need, grad_outs) if nd]  # (C_i, R, k) each
         g_planes = [go[c] for go in gos for c in range(go.shape[0])]  # (R, k) each
         planes = [gr[c] for gr in grads if gr is not None for c in range(gr.shape[0])]  # (M,) each
         if not planes:
-            return (None,) * 5 + tuple(grads)
+            return (None,) * 6 + tuple(grads)
         fn = kernel("tri_bwd", start.dtype)
         R, C = start.shape[0], len(planes)
         ptr = (start.data_ptr(), delta.data_ptr(), counts.data_ptr())
@@ -213,25 +230,40 @@ class _NativeTrilinear(torch.autograd.Function):
 
             run_jobs([first, second])
             planes[-1] += aside
-        return (None,) * 5 + tuple(grads)
+        return (None,) * 6 + tuple(grads)
 
 
 def trilinear_rays_torch(
-    start: Tensor, delta: Tensor, counts: Tensor, k: int, n: int, *grids: Tensor
+    start: Tensor, delta: Tensor, counts: Tensor, k: int, n: int, *grids: Tensor, skip: SkipRule | None = None
 ) -> tuple[Tensor, ...]:
-    """The torch path of :func:`trilinear_rays` (same arguments and results, any device): every (R, k) sample
-    through :func:`trilinear_corners` and :func:`trilinear_multi`."""
+    """The torch path of :func:`trilinear_rays` (same arguments and results, any device): the (R, k) samples
+    through :func:`trilinear_corners` and :func:`trilinear_multi`; with ``skip`` only the live ones."""
     R = start.shape[0]
     steps = torch.arange(k, device=start.device, dtype=start.dtype)  # (k,)
     u = (start[:, None, :] + steps[None, :, None] * delta[:, None, :]).reshape(-1, 3)  # (R * k, 3)
-    inside = (steps[None, :] < counts[:, None]).reshape(-1, 1)  # (R * k, 1)
-    idx, w = trilinear_corners(u, n)
-    outs = trilinear_multi(idx, w * inside, *grids)  # (R * k, C_i) each, zero past a ray's end
-    return tuple(o.T.reshape(o.shape[1], R, k) for o in outs)
+    inside = (steps[None, :] < counts[:, None]).reshape(-1)  # (R * k,)
+    if skip is None:
+        idx, w = trilinear_corners(u, n)
+        outs = trilinear_multi(idx, w * inside[:, None], *grids)  # (R * k, C_i) each, zero past a ray's end
+        return tuple(o.T.reshape(o.shape[1], R, k) for o in outs)
+    live = inside & (skip.grid.sample_mask(u, n) | u.isnan().any(1))  # (R * k,)
+    if skip.grid.stop_transmittance > 0:  # density first (no grad): samples behind the transmittance floor
+        sel = live.nonzero().squeeze(1)
+        with torch.no_grad():
+            idx, w = trilinear_corners(u[sel], n)
+            (raw,) = trilinear_multi(idx, w, grids[0][:1])  # (P, 1)
+            tau = u.new_zeros(R * k).index_copy(0, sel, F.softplus(raw[:, 0] * skip.scale + skip.shift) * skip.step)
+            before = torch.cumsum(tau.view(R, k), dim=1) - tau.view(R, k)  # (R, k) thickness before each sample
+            live &= (torch.exp(-before) >= skip.grid.stop_transmittance).view(-1)
+    sel = live.nonzero().squeeze(1)  # (P,)
+    idx, w = trilinear_corners(u[sel], n)
+    outs = trilinear_multi(idx, w, *grids)  # (P, C_i) each
+    dense = [o.new_zeros(R * k, o.shape[1]).index_copy(0, sel, o) for o in outs]  # (R * k, C_i) each
+    return (*(o.T.reshape(o.shape[1], R, k) for o in dense), live.view(R, k))
 
 
 def trilinear_rays(
-    start: Tensor, delta: Tensor, counts: Tensor, k: int, n: int, *grids: Tensor
+    start: Tensor, delta: Tensor, counts: Tensor, k: int, n: int, *grids: Tensor, skip: SkipRule | None = None
 ) -> tuple[Tensor, ...]:
     """Trilinear interpolation of several flattened grids at evenly spaced samples along rays.
 
@@ -242,10 +274,13 @@ def trilinear_rays(
         k: samples per ray of the dense output layout.
         n: grid size per side.
         grids: each (C_i, M) values, ``M = n^3``, flat index ``(i * n + j) * n + k``.
+        skip: skip samples in empty cells and behind the transmittance floor (:mod:`sjc_engine.occupancy`);
+            the first grid's first channel is then the raw density. None (default): every sample.
 
     Returns:
         one (C_i, R, k) tensor per grid: sample ``i`` of ray ``r`` at ``start[r] + i * delta[r]`` (clamped into
         ``[0, n - 1]``), zero for ``i >= counts[r]``; differentiable with respect to the grids (not the samples).
+        With ``skip``, then a bool (R, k) live mask: True where a sample was looked up (skipped ones read zero).
 
     Uses the native kernels where they are built and everything is a float32/float64 CPU tensor, else the torch
     path; both give the same values and gradients.
@@ -265,8 +300,8 @@ def trilinear_rays(
     start, delta, counts = start.detach(), delta.detach().to(start.dtype), counts.detach().long()
     if native_supports(start, *grids):
         args = (start.contiguous(), delta.contiguous(), counts.contiguous(), int(k), int(n))
-        return _NativeTrilinear.apply(*args, *[g.contiguous() for g in grids])
-    return trilinear_rays_torch(start, delta, counts, int(k), int(n), *grids)
+        return _NativeTrilinear.apply(*args, skip, *[g.contiguous() for g in grids])
+    return trilinear_rays_torch(start, delta, counts, int(k), int(n), *grids, skip=skip)
 
 
 def trilinear_points(u: Tensor, n: int, *grids: Tensor) -> tuple[Tensor, ...]:

@@ -52,7 +52,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     vp, i64 = ctypes.c_void_p, ctypes.c_int64
     for ty, suf in NATIVE_DTYPES.values():
         fl = ctypes.c_float if ty == "float" else ctypes.c_double
-        getattr(lib, f"tri_fwd_{suf}").argtypes = [vp, vp, vp, i64, i64, i64, i64, vp, i64, vp]
+        getattr(lib, f"tri_fwd_{suf}").argtypes = [vp, vp, vp, i64, i64, i64, i64, vp, i64, vp, vp, i64, i64, fl, fl, fl,
+                                                    fl, vp]
         getattr(lib, f"tri_bwd_{suf}").argtypes = [vp, vp, vp, i64, i64, i64, i64, vp, i64, i64, vp]
         getattr(lib, f"comp_fwd_{suf}").argtypes = [vp, vp, i64, vp, fl, vp, i64, i64, i64, fl, vp, vp, vp, vp]
         getattr(lib, f"comp_bwd_{suf}").argtypes = [vp, vp, i64, vp, fl, vp, i64, i64, i64, fl] + [vp] * 7

@@ -5,8 +5,13 @@
    Grids are planes of M = n^3 values, flat index (i n + j) n + k for the node at (x_i, y_j, z_k). Samples are
    given per ray in voxel index coordinates: sample i of ray r sits at start[r] + i delta[r], i < counts[r].
 
+   Empty-space skipping (sjc_engine/occupancy.py): tri_fwd may take a coarse occupancy bitfield (a sample in an
+   empty coarse cell is not looked up) and a transmittance floor (a ray stops once exp(-sum tau) falls below it,
+   tau = softplus(raw * scale + shift) * step from the first plane, the density); it then writes a live mask
+   (R, k), 1 for every sample looked up. Skipped samples read as zero.
+
    The typed kernels below are compiled once per element type: this file includes itself with T (float,
-   double) and SUF (f32, f64) defined, and FN(name) names a kernel name_f32 / name_f64. */
+   double), SUF (f32, f64), EXP and LOG1P defined, and FN(name) names a kernel name_f32 / name_f64. */
 #ifndef SJC_T_TYPED
 #define SJC_T_TYPED
 #include <math.h>
@@ -18,22 +23,30 @@
 
 #define T float
 #define SUF f32
+#define EXP expf
+#define LOG1P log1pf
 #include __FILE__
 #undef T
 #undef SUF
+#undef EXP
+#undef LOG1P
 
 #define T double
 #define SUF f64
+#define EXP exp
+#define LOG1P log1p
 #include __FILE__
 #undef T
 #undef SUF
+#undef EXP
+#undef LOG1P
 
 #else /* typed kernels, T and SUF defined */
 
-/* Cell and trilinear weights of the point x (index coordinates); 0 for a NaN point. Same clamping as
+/* Cell (its lower node, cell[3]) and trilinear weights of the point x (index coordinates); 0 for a NaN point. Same clamping as
    trilinear_corners: x into [0, n - 1], cell corner into [0, n - 2]. Corner k = 4a + 2b + c sits at
    base + a n^2 + b n + c with weight (x: 1 - f | f)(y)(z). */
-static inline int FN(corner)(const T* x3, int64_t n, int64_t* base, T* w) {
+static inline int FN(corner)(const T* x3, int64_t n, int64_t* base, T* w, int64_t* cell) {
     int64_t c[3];
     T f[3];
     for (int a = 0; a < 3; ++a) {
@@ -47,6 +60,9 @@ static inline int FN(corner)(const T* x3, int64_t n, int64_t* base, T* w) {
         f[a] = x - (T)i;
     }
     *base = (c[0] * n + c[1]) * n + c[2];
+    cell[0] = c[0];
+    cell[1] = c[1];
+    cell[2] = c[2];
     T gx = 1 - f[0], gy = 1 - f[1], gz = 1 - f[2];
     T xy[4] = {gx * gy, gx * f[1], f[0] * gy, f[0] * f[1]};
     for (int j = 0; j < 4; ++j) {
@@ -59,9 +75,14 @@ static inline int FN(corner)(const T* x3, int64_t n, int64_t* base, T* w) {
 /* Sample i of ray r sits at start[r] + i * delta[r] (index coordinates), for i < counts[r]; the output has the
    dense (R, k) layout, one plane per channel, zero past a ray's end and NaN at NaN points.
    outs[c][r k + i] = sum_q w_q planes[c][corner_q] for rays r in [r0, r1), channels c in [c0, c1), at most
-   MAXC of them. Consecutive samples in the same cell (about 40% at half-voxel steps) reuse its corner values. */
+   MAXC of them. Consecutive samples in the same cell (about 40% at half-voxel steps) reuse its corner values.
+   With live != NULL the block with decide = 1 (the first, whose plane 0 is the density) decides which samples
+   are looked up and writes live (1: looked up; occupancy and transmittance rules above), later blocks follow
+   it; skipped samples read as zero. */
 static void FN(fwd_block)(const T* start, const T* delta, const int64_t* counts, int64_t r0, int64_t r1,
-                          int64_t k, int64_t n, const T* const* planes, int64_t c0, int64_t c1, T* const* outs) {
+                          int64_t k, int64_t n, const T* const* planes, int64_t c0, int64_t c1, T* const* outs,
+                          const uint8_t* occ, int64_t g, int64_t cell, T scale, T shift, T tstep, T t_stop,
+                          uint8_t* live, int decide) {
     const int64_t nn = n * n, C = c1 - c0;
     const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
     const T* pl[MAXC];
@@ -75,15 +96,26 @@ static void FN(fwd_block)(const T* start, const T* delta, const int64_t* counts,
         const int64_t m = counts[r] < k ? counts[r] : k;
         const T sx = start[3 * r], sy = start[3 * r + 1], sz = start[3 * r + 2];
         const T dx = delta[3 * r], dy = delta[3 * r + 1], dz = delta[3 * r + 2];
-        int64_t prev = -1;
-        for (int64_t i = 0; i < m; ++i) {
+        int64_t prev = -1, i = 0;
+        T trans = 1;
+        for (; i < m; ++i) {
             const int64_t p = r * k + i;
-            int64_t b;
+            if (live && !decide && !live[p]) {
+                for (int64_t c = 0; c < C; ++c) ou[c][p] = 0;
+                continue;
+            }
+            int64_t b, ijk[3];
             T w[8];
             const T x[3] = {sx + (T)i * dx, sy + (T)i * dy, sz + (T)i * dz};
-            if (!FN(corner)(x, n, &b, w)) {
+            if (!FN(corner)(x, n, &b, w, ijk)) {
                 for (int64_t c = 0; c < C; ++c) ou[c][p] = NAN;
+                if (live && decide) live[p] = 1;
                 prev = -1;
+                continue;
+            }
+            if (decide && occ && !occ[((ijk[0] / cell) * g + ijk[1] / cell) * g + ijk[2] / cell]) {
+                for (int64_t c = 0; c < C; ++c) ou[c][p] = 0;
+                live[p] = 0;
                 continue;
             }
             if (b != prev) {
@@ -96,16 +128,32 @@ static void FN(fwd_block)(const T* start, const T* delta, const int64_t* counts,
                 for (int q = 0; q < 8; ++q) s += w[q] * vals[c][q];
                 ou[c][p] = s;
             }
+            if (live && decide) {
+                live[p] = 1;
+                if (t_stop > 0) {
+                    const T z = ou[0][p] * scale + shift;
+                    const T sigma = z > 20 ? z : LOG1P(EXP(z)); /* softplus, as torch's */
+                    trans *= EXP(-sigma * tstep);
+                    if (trans < t_stop) { /* every later sample has a weight below t_stop */
+                        ++i;
+                        break;
+                    }
+                }
+            }
         }
-        for (int64_t c = 0; c < C; ++c)
-            for (int64_t i = m; i < k; ++i) ou[c][r * k + i] = 0;
+        for (; i < k; ++i) {
+            for (int64_t c = 0; c < C; ++c) ou[c][r * k + i] = 0;
+            if (live && decide) live[r * k + i] = 0;
+        }
     }
 }
 
 void FN(tri_fwd)(const T* start, const T* delta, const int64_t* counts, int64_t r0, int64_t r1, int64_t k,
-                 int64_t n, const T* const* planes, int64_t C, T* const* outs) {
+                 int64_t n, const T* const* planes, int64_t C, T* const* outs, const uint8_t* occ, int64_t g,
+                 int64_t cell, T scale, T shift, T tstep, T t_stop, uint8_t* live) {
     for (int64_t c0 = 0; c0 < C; c0 += MAXC)
-        FN(fwd_block)(start, delta, counts, r0, r1, k, n, planes, c0, c0 + MAXC < C ? c0 + MAXC : C, outs);
+        FN(fwd_block)(start, delta, counts, r0, r1, k, n, planes, c0, c0 + MAXC < C ? c0 + MAXC : C, outs, occ, g,
+                      cell, scale, shift, tstep, t_stop, live, c0 == 0);
 }
 
 /* grads[c][corner_q] += w_q gs[c][r k + i] for rays r in [r0, r1), samples i < counts[r], channels c in
@@ -136,7 +184,8 @@ static void FN(bwd_block)(const T* start, const T* delta, const int64_t* counts,
                 for (int64_t c = 0; c < C; ++c) live |= (gi[c][p] != 0);
                 if (live) {
                     const T x[3] = {sx + (T)i * dx, sy + (T)i * dy, sz + (T)i * dz};
-                    live = FN(corner)(x, n, &b, w);
+                    int64_t ijk[3];
+                    live = FN(corner)(x, n, &b, w, ijk);
                 }
             }
             if (cur >= 0 && (i == m || (live && b != cur))) { /* flush the cell being summed */

@@ -10,9 +10,9 @@ import torch
 from transformers import AutoTokenizer
 
 from sjc_engine.cameras import spherical_camera, view_prompt
-from sjc_engine.embedded import shapes
-from sjc_engine.embedded.dataset import CAMERA, PALETTE, ProceduralDataset, nearest_color, render_shape, render_views
-from sjc_engine.embedded.model import build_tokenizer, default_meta, vocabulary_words
+from training import shapes
+from training.dataset import CAMERA, PALETTE, ProceduralDataset, nearest_color, render_shape, render_views
+from training.model import build_tokenizer, default_meta, vocabulary_words
 
 
 @pytest.mark.parametrize("name", sorted(shapes.SHAPES))

@@ -26,7 +26,7 @@ def denoiser():
 
 
 def _ious(prompt: str, denoiser) -> dict[str, float]:
-    from sjc_engine.embedded.metrics import yaw_iou
+    from training.metrics import yaw_iou
     from sjc_engine.optimize import run_sjc
     from sjc_engine.pipeline import build_config
 

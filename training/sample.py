@@ -1,6 +1,6 @@
 """A plain 2D sampler for checking the embedded model: DDIM/ancestral steps with x0 clipping and CFG.
 
-    python -m sjc_engine.embedded.sample --model sjc_engine/models/embedded --out .sjc/samples.png \\
+    python -m training.sample --model sjc_engine/models/embedded --out .sjc/samples.png \\
         --prompts "a red cube" "a blue torus" --n 6 --steps 50 --guidance 3
 
 Written by hand on purpose (DESIGN.md section 4: a library DDIM sampled pure noise from early checkpoints

@@ -1,6 +1,6 @@
 """Train the embedded model from scratch on procedural renders (CPU friendly, resumable, reproducible).
 
-    python -m sjc_engine.embedded.train --out sjc_engine/models/embedded --steps 20000 \\
+    python -m training.train --out sjc_engine/models/embedded --steps 20000 \\
         --state .sjc/embedded_train/state.pt --log .sjc/embedded_train/train.log
 
 Epsilon-prediction DDPM loss with Min-SNR-5 weighting, AdamW, EMA of the UNet and text encoder weights,
@@ -8,12 +8,18 @@ Epsilon-prediction DDPM loss with Min-SNR-5 weighting, AdamW, EMA of the UNet an
 written to ``--out`` atomically (diffusers format, see :func:`.model.save_model`) and the full training state
 to ``--state``; a rerun with the same ``--state`` resumes from it. It stops after ``--steps`` steps, at
 ``--deadline`` (UTC, ISO time) or on SIGTERM/SIGINT, saving first.
+
+``--init-from DIR`` starts a fresh run (no ``--state`` yet) from a saved model folder, e.g. the shipped
+weights, with a fresh optimiser; ``--lr-final`` decays the learning rate along a cosine from ``--lr`` to it
+over the steps left. This package is the model's training code only: the runtime (``sjc_engine``) never
+imports it and it is not part of the wheel.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import math
 import datetime as dt
 import os
 import random
@@ -27,7 +33,16 @@ import torch
 import torch.nn.functional as F
 
 from .dataset import ProceduralDataset
-from .model import build_scheduler, build_text_encoder, build_tokenizer, build_unet, default_meta, encode_text, save_model
+from .model import (
+    build_scheduler,
+    build_text_encoder,
+    build_tokenizer,
+    build_unet,
+    default_meta,
+    encode_text,
+    load_model,
+    save_model,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--deadline", type=str, default=None, help="UTC ISO time to stop at, e.g. 2026-11-21T10:14")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave)")
+    p.add_argument("--init-from", type=Path, default=None, help="model folder to start from when --state is absent")
+    p.add_argument("--lr-final", type=float, default=None, help="cosine-decay the lr to this (default: constant)")
     return p.parse_args(argv)
 
 
@@ -106,6 +123,14 @@ def train(args: argparse.Namespace) -> int:
         torch.set_rng_state(st["torch_rng"])
         step = st["step"]
         _log(args.log, f"resumed from {args.state} at step {step}")
+    elif args.init_from is not None:
+        init_unet, init_text, _, _ = load_model(args.init_from)
+        for dst in (unet, ema_unet):
+            dst.load_state_dict(init_unet.state_dict())
+        for dst in (text_encoder, ema_text):
+            dst.load_state_dict(init_text.state_dict())
+        _log(args.log, f"initialised from {args.init_from}")
+    start_step = step
 
     # 3. Data
     t0 = time.time()
@@ -162,8 +187,12 @@ def train(args: argparse.Namespace) -> int:
             per = per * (snr[t].clamp(max=args.min_snr) / snr[t])
         loss = per.mean()
 
+        lr = args.lr * min(1.0, (step + 1 - start_step) / max(1, args.warmup))
+        if args.lr_final is not None:
+            frac = (step - start_step) / max(1, args.steps - start_step)
+            lr = args.lr_final + (lr - args.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
         for g in opt.param_groups:
-            g["lr"] = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+            g["lr"] = lr
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

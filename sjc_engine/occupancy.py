@@ -1,0 +1,151 @@
+"""Empty-space skipping: a coarse occupancy bitfield derived from the density, and early ray termination.
+
+The renderer marches every ray at a fixed step (the reference's algorithm). Once a run has shaped an object,
+most samples sit in empty space or behind an opaque surface, where they carry no weight: an
+:class:`OccupancyGrid` lets the lookups (:func:`sjc_engine.trilinear.trilinear_rays`, C kernels and torch path)
+skip them.
+
+* A coarse cell covers ``cell`` x ``cell`` x ``cell`` fine voxels. It is *occupied* when some grid node of its
+  voxels has an activated density ``sigma`` with ``sigma * step >= tau_threshold`` (one sample's optical
+  thickness), then the occupied set is dilated by ``dilation`` coarse cells (the safety margin: the density may
+  grow between two refreshes, and only looked-up samples give the density a gradient).
+* A sample in an empty coarse cell is skipped: no lookup, ``tau = 0``, no gradient. Its weight in the dense path
+  is at most ``tau_threshold`` (below the compositing threshold 1e-4 for the default), so its features never
+  counted, and the transmittance of the samples behind it changes by at most ``tau_threshold`` per skipped
+  sample.
+* A ray stops once its transmittance falls below ``stop_transmittance``: every later sample's weight is below
+  that too, so with the default (the compositing threshold) its features would not have counted either.
+
+Values and gradients therefore equal the dense path's wherever a sample carries weight (``w >= 1e-4``), up to
+the tiny terms above (tested in ``tests/engine/test_occupancy.py``). The grid is refreshed every ``every``
+optimiser steps by :func:`sjc_engine.optimize.run_sjc` and saved with its resumable state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["DEFAULT_SETTINGS", "OccupancyGrid", "OccupancySettings", "SkipRule", "coarse_cells"]
+
+
+@dataclass(frozen=True)
+class OccupancySettings:
+    """How the optimiser loop builds and refreshes the occupancy grid.
+
+    Attributes:
+        cell: fine voxels per coarse cell side (4: a 64^3 grid gets a 16^3 bitfield).
+        tau_threshold: a cell is occupied where some node's ``sigma * step`` reaches this (default 1e-5, a
+            tenth of the compositing threshold).
+        dilation: coarse cells added around the occupied ones (the safety margin), default 1.
+        every: optimiser steps between refreshes (default 8); 0 turns skipping off in the loop.
+        stop_transmittance: rays stop once their transmittance is below this (default 1e-4, the compositing
+            threshold); 0 never stops them.
+    """
+
+    cell: int = 4
+    tau_threshold: float = 1e-5
+    dilation: int = 1
+    every: int = 8
+    stop_transmittance: float = 1e-4
+
+
+DEFAULT_SETTINGS = OccupancySettings()
+
+
+@dataclass
+class OccupancyGrid:
+    """An occupancy bitfield over coarse cells of an ``n^3`` voxel grid, plus the ray-stopping rule.
+
+    Attributes:
+        bits: (G, G, G) uint8, 1 for an occupied coarse cell; ``G = ceil((n - 1) / cell)``; coarse cell
+            ``(a, b, c)`` holds the fine cells (voxels between nodes) ``(i, j, k)`` with ``i // cell == a`` etc.
+        cell: fine voxels per coarse cell side.
+        stop_transmittance: rays stop once their transmittance is below this (0: never).
+    """
+
+    bits: Tensor
+    cell: int
+    stop_transmittance: float = DEFAULT_SETTINGS.stop_transmittance
+
+    def __post_init__(self) -> None:
+        if self.cell < 1:
+            raise ValueError(f"cell must be >= 1, got {self.cell}")
+        if self.bits.dim() != 3 or self.bits.dtype != torch.uint8:
+            raise ValueError(f"bits must be a (G, G, G) uint8 tensor, got {tuple(self.bits.shape)} {self.bits.dtype}")
+        if not 0.0 <= self.stop_transmittance < 1.0:
+            raise ValueError(f"stop_transmittance must be in [0, 1), got {self.stop_transmittance}")
+
+    @property
+    def coarse_size(self) -> int:
+        """``G``, coarse cells per side."""
+        return int(self.bits.shape[0])
+
+    @property
+    def fraction(self) -> float:
+        """Share of the coarse cells that are occupied."""
+        return float(self.bits.float().mean())
+
+    @classmethod
+    def full(cls, grid_size: int, cell: int = DEFAULT_SETTINGS.cell, device: torch.device | str = "cpu") -> "OccupancyGrid":
+        """Every cell occupied and rays never stopped: lookups then equal the dense path exactly."""
+        g = coarse_cells(grid_size, cell)
+        return cls(torch.ones(g, g, g, dtype=torch.uint8, device=device), cell, 0.0)
+
+    @classmethod
+    @torch.no_grad()
+    def from_density(
+        cls, sigma: Tensor, step: float, settings: OccupancySettings = DEFAULT_SETTINGS
+    ) -> "OccupancyGrid":
+        """Build the grid from activated densities at the nodes.
+
+        Args:
+            sigma: (n, n, n) activated density at the grid nodes (:meth:`VoxelField.density_grid`).
+            step: the march step (world units) the renderer uses: a sample's thickness is ``sigma * step``.
+            settings: cell size, threshold, dilation and the ray-stopping rule.
+        """
+        if sigma.dim() != 3 or len(set(sigma.shape)) != 1:
+            raise ValueError(f"sigma must be (n, n, n), got {tuple(sigma.shape)}")
+        n, c = sigma.shape[0], settings.cell
+        g = coarse_cells(n, c)
+        vox = F.max_pool3d(sigma[None, None].float(), kernel_size=2, stride=1)  # (1, 1, n-1, n-1, n-1) voxel max
+        pad = g * c - (n - 1)
+        vox = F.pad(vox, (0, pad, 0, pad, 0, pad), value=float("-inf"))  # (1, 1, g*c, g*c, g*c)
+        coarse = F.max_pool3d(vox, kernel_size=c, stride=c)  # (1, 1, g, g, g)
+        occ = (coarse * step >= settings.tau_threshold).float()
+        if settings.dilation > 0:
+            d = settings.dilation
+            occ = F.max_pool3d(occ, kernel_size=2 * d + 1, stride=1, padding=d)
+        return cls(occ[0, 0].to(torch.uint8).contiguous(), c, settings.stop_transmittance)
+
+    def sample_mask(self, u: Tensor, n: int) -> Tensor:
+        """Bool (P,): whether points ``u`` (P, 3) in voxel index coordinates lie in occupied cells (the fine
+        cell of a point as in :func:`sjc_engine.trilinear.trilinear_corners`: clamped into ``[0, n - 2]``)."""
+        i0 = u.detach().nan_to_num().floor().clamp_(0, n - 2).long() // self.cell  # (P, 3)
+        g = self.coarse_size
+        return self.bits.view(-1)[(i0[:, 0] * g + i0[:, 1]) * g + i0[:, 2]].bool()
+
+
+def coarse_cells(grid_size: int, cell: int) -> int:
+    """Coarse cells per side for an ``n^3`` node grid (``n - 1`` voxels per side)."""
+    return -(-(grid_size - 1) // cell)
+
+
+@dataclass(frozen=True)
+class SkipRule:
+    """What a ray lookup needs to skip samples: the grid and the density's activation (for the stopping rule).
+
+    Attributes:
+        grid: the occupancy grid.
+        scale: ``exp(d_scale)`` of the field, so ``sigma = softplus(raw * scale + shift)``.
+        shift: the field's density shift.
+        step: the march step in world units (``tau = sigma * step``).
+    """
+
+    grid: OccupancyGrid
+    scale: float
+    shift: float
+    step: float
