@@ -77,9 +77,23 @@ class ModelInfo:
         return f"a {found_colors[0]} {found_shapes[0]}"
 
 
+def _unet_size_defaults(folder: Path) -> dict[str, Any]:
+    """``{"render_size": n}`` from the UNet config's ``sample_size`` (SD 1.x: 64, SD 2.x 768: 96), so the field
+    renders at the size the UNet expects; ``{}`` when unknown (the loader reports broken files)."""
+    cfg = folder / "unet" / "config.json"
+    try:
+        size = json.loads((cfg if cfg.is_file() else folder / "config.json").read_text()).get("sample_size")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    size = size[0] if isinstance(size, list) and size else size
+    return {"render_size": size} if isinstance(size, int) and 8 <= size <= 512 else {}
+
+
 def _info_from_path(name: str, path: Path) -> ModelInfo:
     if path.is_file():
-        return ModelInfo(name=name, path=path, kind="latent", description=f"single-file checkpoint {path.name}")
+        config_dir = next((c for c in (path.with_suffix(""), path.parent) if (c / "model_index.json").is_file()), path.parent)
+        return ModelInfo(name=name, path=path, kind="latent", defaults=_unet_size_defaults(config_dir),
+                         description=f"single-file checkpoint {path.name}")
     meta_path = path / META_FILE
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
@@ -95,7 +109,8 @@ def _info_from_path(name: str, path: Path) -> ModelInfo:
     if not index.is_file() and not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{path} is not a diffusers model folder (no model_index.json or config.json)")
     kind: Literal["latent", "pixel"] = "latent" if (path / "vae").is_dir() else "pixel"
-    return ModelInfo(name=name, path=path, kind=kind, description=f"diffusers model at {path}")
+    return ModelInfo(name=name, path=path, kind=kind, defaults=_unet_size_defaults(path),
+                     description=f"diffusers model at {path}")
 
 
 def resolve_model(model: str, model_dirs: Sequence[str | Path] = (), allow_paths: bool = True) -> ModelInfo:
