@@ -20,6 +20,8 @@ COPY api ./api
 COPY sjc_service ./sjc_service
 COPY sjc_engine ./sjc_engine
 COPY sjc_client ./sjc_client
+# worker/webhooks.py: the webhook worker runs from this image (it needs no torch)
+COPY worker ./worker
 RUN pip install --no-deps . && rm -rf /src
 
 RUN useradd --create-home --uid 10001 sjc

@@ -231,11 +231,12 @@ def test_every_container_command_names_an_app_that_exists():
             seen.add(cmd[cmd.index("-A") + 1])
         else:
             pytest.fail(f"unexpected command {shlex.join(cmd)}")
-    assert seen == {"api.main:app", "worker.celery_app"}
+    assert seen == {"api.main:app", "worker.celery_app", "worker.webhooks"}
     module, attr = "api.main:app".split(":")
     # The API image has no torch: the app must import with the model libraries blocked.
     assert import_in_subprocess(module, attr, blocked=HEAVY) == "FastAPI"
     assert import_in_subprocess("worker.celery_app") == "Celery"
+    assert import_in_subprocess("worker.webhooks", blocked=HEAVY) == "Celery"  # runs from the API image
 
 
 def test_dockerfiles_copy_existing_paths():
