@@ -19,6 +19,7 @@ from api.limits import BodySizeLimit
 from api.metrics import make_registry
 from api.problems import Problem, install_problem_handlers, problem_response
 from api.routes import artifacts, events, files, health, jobs, metrics, models
+from api.routes import page
 from api.services import Services
 from sjc_service.settings import Settings, get_settings
 
@@ -46,6 +47,7 @@ def create_app(
             services.ensure_keys()
         except redis.RedisError as exc:  # retried on the first authenticated request
             log.warning("Redis unavailable at start-up (%s); API keys will be loaded later", exc)
+        page.allow_page_origin(services)
         yield
         services.close()
 
@@ -74,6 +76,7 @@ def create_app(
     app.include_router(v1)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(page.router)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     return app
 

@@ -346,3 +346,32 @@ def make_store(settings: Settings) -> ObjectStore:
     if settings.store == "s3":
         return S3Store.from_settings(settings)
     return LocalStore.from_settings(settings)
+
+
+def ensure_cors(store: ObjectStore, origins: list[str]) -> bool:
+    """Let web pages at ``origins`` fetch the store's presigned links (a bucket CORS rule for GET/HEAD).
+
+    The web page's 3D viewer fetches the mesh from its presigned URL, which is on the bucket's origin.
+    Existing rules are kept; a rule is added only when none already allows each origin. Returns
+    ``True`` when a rule was written. The local store needs none (its links are on the API's origin).
+    Raises botocore's ``ClientError`` where the server refuses bucket CORS (MinIO: it answers every
+    origin by default).
+    """
+    if not isinstance(store, S3Store):
+        return False
+    from botocore.exceptions import ClientError
+
+    try:
+        rules = store.client.get_bucket_cors(Bucket=store.bucket).get("CORSRules", [])
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code")) != "NoSuchCORSConfiguration":
+            raise
+        rules = []
+    missing = [o for o in origins if not any(o in r.get("AllowedOrigins", []) and "GET" in r.get("AllowedMethods", [])
+                                             for r in rules)]
+    if not missing:
+        return False
+    rule = {"AllowedOrigins": missing, "AllowedMethods": ["GET", "HEAD"], "AllowedHeaders": ["*"],
+            "ExposeHeaders": ["Content-Length", "Content-Type", "ETag"], "MaxAgeSeconds": 3600}
+    store.client.put_bucket_cors(Bucket=store.bucket, CORSConfiguration={"CORSRules": [*rules, rule]})
+    return True

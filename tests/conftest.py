@@ -16,3 +16,4 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 from tests.fixtures.models import *  # noqa: E402,F401,F403
 from tests.fixtures.service import *  # noqa: E402,F401,F403
 from tests.fixtures.browser import *  # noqa: E402,F401,F403
+from tests.fixtures.page import *  # noqa: E402,F401,F403
