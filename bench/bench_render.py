@@ -1,16 +1,22 @@
-"""Seconds per optimiser step of the renderer: render forward, backward, Adamax step.
+"""Seconds per optimiser step of the renderer (render forward, backward, Adamax), ours against the reference's
+algorithm re-implemented and run in this same process.
 
 Settings: the reference's (100^3 grid, 64 x 64 render, 4 channels) and the embedded model's (64^3, 32 x 32,
-3 channels), with a random density field (raw density ~ N(0, 1): every sample contributes, nothing skipped,
-the worst case for the sparse paths). Median over repeats after warm-up, on CPU and on CUDA when present
-(synchronised around each phase). The reference implementation's figures on the same kind of 2-core machine
-are printed beside ours; ``--reference`` also times a re-implementation of the reference's dense algorithm
-(``F.grid_sample`` on every sample of a (k, n) tensor) in this process, for a same-machine ratio: the two run
-step by step in turn (interleaved), so load from other processes hits both alike. Each line gives wall-clock
-medians per phase and the median CPU time of a step (``time.process_time``: every thread of this process,
-less sensitive to other processes than wall time; on a loaded machine it still inflates).
+3 channels). States:
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_render.py [--repeats 7] [--reference]
+- ``early``: a random density (raw ~ N(0, 1)): every sample carries weight, nothing can be skipped;
+- ``converged``: an opaque ball (radius 0.5, a sample's optical thickness ~0.3-0.45) in empty space, the state
+  a run spends most of its steps in; ours rebuilds its occupancy grid every 8 steps (inside the timed steps),
+  as the SJC loop does (:mod:`sjc_engine.occupancy`).
+
+The reference algorithm (``dense_reference_render``: ``F.grid_sample`` on every sample of a (k, n) tensor,
+autograd, pals-ttic/sjc ``voxnerf/render.py``) and ours run step by step in turn (interleaved), so load from
+other processes hits both alike; the ratio is the figure to read (its absolute time matched the real
+reference's ratio to ours when both were run here). Median over repeats after warm-up, on CPU and on CUDA when
+present (synchronised around each phase). Each line gives wall-clock medians per phase and the median CPU time
+of a step (``time.process_time``: every thread of this process, less sensitive to other processes).
+
+    .venv/bin/python bench/bench_render.py [--threads 1] [--repeats 9] [--states early converged]
 
 ``SJC_NATIVE=0`` times the torch fallback path instead of the C kernels (see ``sjc_engine/native/``).
 """
@@ -37,7 +43,22 @@ from sjc_engine.native import native_lib  # noqa: E402
 from sjc_engine.renderer import ray_box, render_rays  # noqa: E402
 
 SETTINGS = {"reference": (100, 64, 4), "embedded": (64, 32, 3)}
-REFERENCE_SECONDS = {"reference": 0.38, "embedded": 0.058}  # pals-ttic/sjc, forward + backward + Adamax
+STATES = ("early", "converged")
+BALL_RADIUS, BALL_RAW, EMPTY_RAW = 0.5, 30.0, -10.0  # converged: sigma ~ 29 inside, ~2e-5 outside
+REFRESH_EVERY = 8  # steps between occupancy refreshes of ours in the converged state (the loop's default)
+
+
+def make_field(state: str, n: int, channels: int, device: torch.device) -> VoxelField:
+    """The field of a state (see the module docstring), reference density shift -1, features ~ N(0, 1)."""
+    torch.manual_seed(0)
+    field = VoxelField(n, channels).to(device)
+    with torch.no_grad():
+        if state == "early":
+            field.density.normal_()
+        else:
+            r = field.grid_points().norm(dim=-1)
+            field.density[0] = torch.where(r < BALL_RADIUS, BALL_RAW, EMPTY_RAW)
+    return field
 
 
 def dense_reference_render(field: VoxelField, origins: torch.Tensor, dirs: torch.Tensor, step_ratio: float = 0.5):
@@ -72,10 +93,11 @@ def dense_reference_render(field: VoxelField, origins: torch.Tensor, dirs: torch
 class _Step:
     """One implementation's field, optimiser and timings; :meth:`run` times one optimiser step."""
 
-    def __init__(self, render, field: VoxelField, device: torch.device) -> None:
+    def __init__(self, render, field: VoxelField, device: torch.device, refresh_every: int = 0) -> None:
         self.render, self.field, self.device = render, field, device
         self.opt = torch.optim.Adamax(field.param_groups(0.05, 1e-4))
         self.rows: list[tuple[float, ...]] = []
+        self.refresh_every, self.calls = refresh_every, 0
 
     def _clock(self) -> tuple[float, float]:
         if self.device.type == "cuda":
@@ -84,6 +106,9 @@ class _Step:
 
     def run(self, o: torch.Tensor, d: torch.Tensor, keep: bool) -> None:
         w0, c0 = self._clock()
+        if self.refresh_every and self.calls % self.refresh_every == 0:
+            self.field.refresh_occupancy(0.5 * self.field.voxel_size)
+        self.calls += 1
         loss = self.render(self.field, o, d).square().mean()
         w1, c1 = self._clock()
         loss.backward()
@@ -101,11 +126,13 @@ class _Step:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--reference", action="store_true", help="also time the reference's dense algorithm here")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the target's setting)")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--states", nargs="+", default=list(STATES), choices=list(STATES))
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, devices {[str(d) for d in devices]}, "
@@ -113,37 +140,34 @@ def main(argv: list[str] | None = None) -> None:
     for device in devices:
         for name in args.settings:
             n, size, channels = SETTINGS[name]
-            torch.manual_seed(0)
-            field = VoxelField(n, channels).to(device)
-            with torch.no_grad():
-                field.density.normal_()
             rng = np.random.default_rng(0)
             rays = []
             for _ in range(4):
                 o, d = sample_camera(rng, size).rays(device=device)
                 rays.append((o.reshape(-1, 3), d.reshape(-1, 3)))
-            runs = {"ours": _Step(lambda f, o, d: render_rays(f, o, d).features, field, device)}
-            if args.reference:
+            for state in args.states:
+                field = make_field(state, n, channels, device)
                 twin = copy.deepcopy(field)  # same starting values, its own optimiser
-                runs["reference algorithm, here"] = _Step(dense_reference_render, twin, device)
-            for i in range(args.warmup + args.repeats):  # interleaved, so load changes hit both alike
-                for step in runs.values():
-                    step.run(*rays[i % len(rays)], keep=i >= args.warmup)
-            ours = runs["ours"].medians()
-            for label, step in runs.items():
-                r = step.medians()
-                line = (
-                    f"{device.type:4s} {name:9s} {n}^3 {size}x{size} C={channels} {label:26s} "
-                    f"forward {r['forward']:.4f}  backward {r['backward']:.4f}  adamax {r['optimizer']:.4f}  "
-                    f"total {r['total']:.4f} s  (CPU {r['cpu']:.4f} s)"
-                )
-                if device.type == "cpu" and label == "ours":
-                    ref = REFERENCE_SECONDS[name]
-                    line += f"   (reference implementation: {ref:.3f} s -> {ref / r['total']:.1f}x)"
-                elif label != "ours":
-                    wall, cpu = r["total"] / ours["total"], r["cpu"] / ours["cpu"]
-                    line += f"   (ours faster by {wall:.1f}x wall, {cpu:.1f}x CPU)"
-                print(line, flush=True)
+                refresh = REFRESH_EVERY if state == "converged" else 0
+                runs = {
+                    "ours": _Step(lambda f, o, d: render_rays(f, o, d).features, field, device, refresh),
+                    "reference algorithm": _Step(dense_reference_render, twin, device),
+                }
+                for i in range(args.warmup + args.repeats):  # interleaved, so load changes hit both alike
+                    for step in runs.values():
+                        step.run(*rays[i % len(rays)], keep=i >= args.warmup)
+                ours = runs["ours"].medians()
+                for label, step in runs.items():
+                    r = step.medians()
+                    line = (
+                        f"{device.type:4s} {name:9s} {state:9s} {n}^3 {size}x{size} C={channels} {label:19s} "
+                        f"forward {r['forward']:.4f}  backward {r['backward']:.4f}  adamax {r['optimizer']:.4f}  "
+                        f"total {r['total']:.4f} s  (CPU {r['cpu']:.4f} s)"
+                    )
+                    if label != "ours":
+                        wall, cpu = r["total"] / ours["total"], r["cpu"] / ours["cpu"]
+                        line += f"   -> ours faster by {wall:.1f}x wall, {cpu:.1f}x CPU"
+                    print(line, flush=True)
     print(f"load average at the end {os.getloadavg()}")
 
 

@@ -2,6 +2,9 @@
 
 Settings not given on the command line come from the model's recommended defaults, then the reference's.
 Ctrl-C stops a ``generate`` run cooperatively: it still writes ``field.pt`` and the resumable state.
+
+Threads: :func:`main` sets ``OMP_WAIT_POLICY=PASSIVE`` (unless set) before anything imports torch, and
+``--threads`` (default ``SJC_THREADS`` or every usable core) sets torch's threads; see :mod:`sjc_engine.threads`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from sjc_engine.callbacks import Callbacks, StepReport
 from sjc_engine.catalog import ModelNotFoundError, PromptError
+from sjc_engine.threads import apply_openmp_defaults, set_torch_threads
 from sjc_engine.denoisers.errors import ModelLoadError
 
 
@@ -71,6 +75,7 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--outputs", nargs="+", choices=["checkpoint", "video", "mesh", "previews"])
     p.add_argument("--mesh-formats", nargs="+", choices=["glb", "ply", "obj"])
     p.add_argument("--resume", type=Path, help="a resume/state.pt written by an earlier run")
+    p.add_argument("--threads", type=int, help="torch threads (default: SJC_THREADS, else every usable core)")
     p.set_defaults(func=cmd_generate)
 
 
@@ -89,6 +94,7 @@ def _add_sample2d(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--n-noise", type=int, default=1)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, help="torch threads (default: SJC_THREADS, else every usable core)")
     p.set_defaults(func=cmd_sample2d)
 
 
@@ -169,8 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    apply_openmp_defaults()  # first: OpenMP reads its wait policy when torch loads it
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "threads"):
+            set_torch_threads(args.threads)
         return int(args.func(args) or 0)
     except (PromptError, ModelNotFoundError, ModelLoadError, ValueError) as e:  # one line, exit 2
         print(f"sjc: error: {e}", file=sys.stderr)

@@ -3,16 +3,23 @@
 Run one worker process (``-c 1``) per GPU. The parent process only consumes messages and runs the
 reaper; the job runs in the pool child, which loads the model on its first job and keeps it, so
 CUDA is never initialised in the parent (a forked child cannot use a parent's CUDA context).
+
+Threads (:mod:`sjc_engine.threads`): ``OMP_WAIT_POLICY=PASSIVE`` unless set, before anything imports torch
+(the child inherits it), and the child's torch threads from ``SJC_THREADS``, else every usable core.
 """
 
 from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_ready, worker_shutdown
+from sjc_engine.threads import apply_openmp_defaults
 
-from sjc_service.queue import enqueue_job, make_celery
-from sjc_service.settings import get_settings
+apply_openmp_defaults()  # before torch loads OpenMP, in this process and the pool children it forks
+
+from celery.signals import worker_process_init, worker_ready, worker_shutdown  # noqa: E402
+
+from sjc_service.queue import enqueue_job, make_celery  # noqa: E402
+from sjc_service.settings import get_settings  # noqa: E402
 
 settings = get_settings()
 app = make_celery(settings)
@@ -20,6 +27,14 @@ app.conf.include = ["worker.tasks"]
 
 log = logging.getLogger(__name__)
 _reaper = None
+
+
+@worker_process_init.connect
+def _child_threads(**_kwargs) -> None:
+    """The pool child runs the jobs: set its torch threads (it imports torch here, the parent never does)."""
+    from sjc_engine.threads import set_torch_threads
+
+    set_torch_threads()
 
 
 @worker_ready.connect

@@ -45,6 +45,10 @@ void FN(comp_fwd)(const T* tau, const T* const* feats, int64_t C, const T* t0, T
         T trans = 1, dep = 0; /* trans = T_i, a running product: one transcendental per sample */
         for (int64_t c = 0; c < C; ++c) rgb[r * C + c] = 0;
         for (int64_t i = 0; i < m; ++i) {
+            if (tr[i] == 0) { /* a skipped sample (empty space, past a stopped ray): no weight, no transcendental */
+                wr[i] = 0;
+                continue;
+            }
             const T em = EXPM1(-tr[i]); /* e^-tau - 1, exact for small tau */
             const T wi = -em * trans;
             trans += em * trans;
@@ -72,7 +76,7 @@ void FN(comp_bwd)(const T* tau, const T* const* feats, int64_t C, const T* t0, T
         T* gt = g_tau + r * k;
         T trans = 1;
         for (int64_t i = 0; i < m; ++i) {
-            trans += EXPM1(-tr[i]) * trans;
+            if (tr[i] != 0) trans += EXPM1(-tr[i]) * trans;
             gt[i] = trans; /* T_{i+1}, as in comp_fwd */
         }
         const T t_end = trans;

@@ -72,6 +72,21 @@ static inline int FN(corner)(const T* x3, int64_t n, int64_t* base, T* w, int64_
     return 1;
 }
 
+/* Whether the point x (index coordinates) lies in an occupied coarse cell of the bitfield occ (g^3 cells of
+   cell^3 voxels; the voxel as in corner()); NaN points count as occupied (they read NaN). */
+static inline int FN(occupied)(const T* x3, int64_t n, const uint8_t* occ, int64_t g, int64_t cell) {
+    int64_t c[3];
+    for (int a = 0; a < 3; ++a) {
+        T x = x3[a];
+        if (x != x) return 1;
+        if (x < 0) x = 0;
+        int64_t i = (int64_t)x;
+        if (i > n - 2) i = n - 2;
+        c[a] = i / cell;
+    }
+    return occ[(c[0] * g + c[1]) * g + c[2]];
+}
+
 /* Sample i of ray r sits at start[r] + i * delta[r] (index coordinates), for i < counts[r]; the output has the
    dense (R, k) layout, one plane per channel, zero past a ray's end and NaN at NaN points.
    outs[c][r k + i] = sum_q w_q planes[c][corner_q] for rays r in [r0, r1), channels c in [c0, c1), at most
@@ -107,15 +122,15 @@ static void FN(fwd_block)(const T* start, const T* delta, const int64_t* counts,
             int64_t b, ijk[3];
             T w[8];
             const T x[3] = {sx + (T)i * dx, sy + (T)i * dy, sz + (T)i * dz};
+            if (decide && occ && !FN(occupied)(x, n, occ, g, cell)) {
+                for (int64_t c = 0; c < C; ++c) ou[c][p] = 0;
+                live[p] = 0;
+                continue;
+            }
             if (!FN(corner)(x, n, &b, w, ijk)) {
                 for (int64_t c = 0; c < C; ++c) ou[c][p] = NAN;
                 if (live && decide) live[p] = 1;
                 prev = -1;
-                continue;
-            }
-            if (decide && occ && !occ[((ijk[0] / cell) * g + ijk[1] / cell) * g + ijk[2] / cell]) {
-                for (int64_t c = 0; c < C; ++c) ou[c][p] = 0;
-                live[p] = 0;
                 continue;
             }
             if (b != prev) {
