@@ -2,7 +2,8 @@
 
 Routes raise :class:`Problem`; :func:`install_problem_handlers` turns it, FastAPI's validation errors
 (``errors: [{field, message, type}]``, malformed JSON as 400), Starlette's HTTP errors (404, 405 with
-its ``Allow`` header) and unexpected exceptions (500, no internals leaked) into the same shape:
+its ``Allow`` header), an object-store outage (503 + ``Retry-After``) and unexpected exceptions (500,
+no internals leaked) into the same shape:
 ``{"type", "title", "status", "detail", "instance", ...extensions}``. A body that is not UTF-8 is a 400
 ``malformed-body`` with ``errors``. The OpenAPI document says so: every 4xx/5xx response is declared
 ``application/problem+json`` with :class:`ProblemDetails` (FastAPI's default 422 is ``application/json``).
@@ -22,8 +23,11 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from sjc_service.store import StoreUnavailable
+
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:sjc:problem:"
+STORE_RETRY_AFTER_S = 10
 BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's detail when the body cannot be decoded
 log = logging.getLogger("sjc.api")
 
@@ -152,6 +156,12 @@ def install_problem_handlers(app: FastAPI) -> None:
             headers["Allow"] = ", ".join(sorted(allowed_methods(request)))
         return problem_response(Problem(exc.status_code, detail, headers=headers), request)
 
+    async def on_store_down(request: Request, exc: Exception) -> JSONResponse:
+        log.error("object store unavailable on %s %s: %s", request.method, request.url.path, exc.__cause__ or exc)
+        problem = Problem(503, "The object store is unavailable; try again shortly.", slug="store-unavailable",
+                          title="Store unavailable", headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
+        return problem_response(problem, request)
+
     async def on_crash(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(Problem(500, "An unexpected error occurred; it has been logged."), request)
@@ -159,6 +169,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(StoreUnavailable, on_store_down)
     app.add_exception_handler(Exception, on_crash)
     install_problem_openapi(app)
 

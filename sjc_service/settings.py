@@ -25,6 +25,8 @@ class Settings(BaseSettings):
         s3_public_url: endpoint put in presigned URLs handed to clients (``None``: ``s3_endpoint_url``).
         s3_bucket, s3_region: bucket of the artifacts and its region.
         s3_access_key_id, s3_secret_access_key: credentials (``None``: boto3's usual lookup).
+        s3_retry_mode, s3_max_attempts: botocore's retries of each S3 call ("standard": exponential backoff
+            with jitter on throttling, 5xx and connection errors; "adaptive": plus client-side rate limiting).
         public_base_url: base URL of the API as clients see it (for local-store links).
         signing_secret: HMAC secret of local-store links.
         url_expiry_s: lifetime of artifact links in seconds.
@@ -63,6 +65,8 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None
+    s3_retry_mode: Literal["standard", "adaptive"] = "standard"
+    s3_max_attempts: int = Field(6, ge=1, le=20)
     public_base_url: str = "http://127.0.0.1:8000"
     signing_secret: SecretStr = SecretStr("dev-only-signing-secret-change-me")
     url_expiry_s: int = Field(3600, ge=1, le=7 * 24 * 3600)

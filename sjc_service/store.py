@@ -4,15 +4,23 @@ Both stores take the same keys (``jobs/{id}/mesh.glb``) and set each object's co
 explicitly (``mimetypes`` gets ``.glb``/``.obj``/``.ply`` wrong). Links handed to clients are
 presigned S3 URLs on the public endpoint, or for the local store ``{public_base_url}/v1/files/{key}``
 with an expiry and an HMAC signature that the API checks with :meth:`LocalStore.verify`.
+
+An S3 call that fails for any reason but "no such object" is retried by botocore (``retry_mode``,
+``max_attempts``: exponential backoff with jitter on throttling, 5xx and connection errors), then raised
+as :class:`StoreUnavailable`, whose message names the operation only: the endpoint URL and the
+object key stay in the log.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -35,6 +43,31 @@ CONTENT_TYPES: dict[str, str] = {
     ".txt": "text/plain; charset=utf-8",
 }
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+log = logging.getLogger(__name__)
+
+
+class StoreUnavailable(RuntimeError):
+    """The object store did not answer (after botocore's retries): a transient outage, as far as we know.
+
+    Its message is safe to show to clients: it names the operation, never the endpoint or the key.
+    """
+
+    def __init__(self, operation: str) -> None:
+        super().__init__(f"the object store is unavailable ({operation} failed); try again later")
+        self.operation = operation
+
+
+@contextmanager
+def _store_call(operation: str, key: str = "") -> Iterator[None]:
+    """Turn botocore/boto3 errors into :class:`StoreUnavailable`, logging the details."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError, Boto3Error) as exc:
+        log.warning("object store %s %s failed: %r", operation, key, exc)
+        raise StoreUnavailable(operation) from exc
 
 
 def content_type_for(name: str) -> str:
@@ -87,6 +120,9 @@ class S3Store:
         public_url: the endpoint written into presigned URLs (``None``: ``endpoint_url``); a
             presigned URL is signed for its host, so it is made by a second client on that host.
         region, access_key_id, secret_access_key: as for boto3 (``None``: its usual lookup).
+        retry_mode: botocore's retry mode, ``"standard"`` or ``"adaptive"`` (client-side rate limiting too).
+        max_attempts: attempts per call, the first included (default 6: about 30 s of backoff at most).
+        connect_timeout_s, read_timeout_s: socket timeouts of one attempt.
     """
 
     def __init__(
@@ -97,6 +133,10 @@ class S3Store:
         region: str = "us-east-1",
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
+        retry_mode: str = "standard",
+        max_attempts: int = 6,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 60.0,
     ) -> None:
         import boto3
         from botocore.config import Config
@@ -107,9 +147,9 @@ class S3Store:
             signature_version="s3v4",
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            retries={"max_attempts": 5, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
+            retries={"max_attempts": max_attempts, "mode": retry_mode},
+            connect_timeout=connect_timeout_s,
+            read_timeout=read_timeout_s,
         )
         session = boto3.session.Session(
             aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key, region_name=region
@@ -130,15 +170,19 @@ class S3Store:
             region=settings.s3_region,
             access_key_id=settings.s3_access_key_id,
             secret_access_key=secret,
+            retry_mode=settings.s3_retry_mode,
+            max_attempts=settings.s3_max_attempts,
         )
 
     def put_file(self, key: str, path: str | Path, content_type: str | None = None) -> ObjectInfo:
         ctype = content_type or content_type_for(key)
-        self.client.upload_file(str(path), self.bucket, check_key(key), ExtraArgs={"ContentType": ctype})
+        with _store_call("upload", key):
+            self.client.upload_file(str(path), self.bucket, check_key(key), ExtraArgs={"ContentType": ctype})
         return ObjectInfo(key, Path(path).stat().st_size, ctype)
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> ObjectInfo:
-        self.client.put_object(Bucket=self.bucket, Key=check_key(key), Body=data, ContentType=content_type)
+        with _store_call("upload", key):
+            self.client.put_object(Bucket=self.bucket, Key=check_key(key), Body=data, ContentType=content_type)
         return ObjectInfo(key, len(data), content_type)
 
     def get_file(self, key: str, path: str | Path) -> bool:
@@ -147,49 +191,54 @@ class S3Store:
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(f"{path}.part")
-        try:
-            self.client.download_file(self.bucket, check_key(key), str(tmp))
-        except ClientError as exc:
-            if _is_not_found(exc):
-                return False
-            raise
+        with _store_call("download", key):
+            try:
+                self.client.download_file(self.bucket, check_key(key), str(tmp))
+            except ClientError as exc:
+                if _is_not_found(exc):
+                    return False
+                raise
         os.replace(tmp, path)
         return True
 
     def get_bytes(self, key: str) -> bytes | None:
         from botocore.exceptions import ClientError
 
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=check_key(key))["Body"].read()
-        except ClientError as exc:
-            if _is_not_found(exc):
-                return None
-            raise
+        with _store_call("download", key):
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=check_key(key))["Body"].read()
+            except ClientError as exc:
+                if _is_not_found(exc):
+                    return None
+                raise
 
     def head(self, key: str) -> ObjectInfo | None:
         from botocore.exceptions import ClientError
 
-        try:
-            r = self.client.head_object(Bucket=self.bucket, Key=check_key(key))
-        except ClientError as exc:
-            if _is_not_found(exc):
-                return None
-            raise
+        with _store_call("head", key):
+            try:
+                r = self.client.head_object(Bucket=self.bucket, Key=check_key(key))
+            except ClientError as exc:
+                if _is_not_found(exc):
+                    return None
+                raise
         return ObjectInfo(key, int(r["ContentLength"]), r.get("ContentType", DEFAULT_CONTENT_TYPE))
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         """Objects under ``prefix`` (sizes from the listing; content types from the extension)."""
         out: list[ObjectInfo] = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                out.append(ObjectInfo(obj["Key"], int(obj["Size"]), content_type_for(obj["Key"])))
+        with _store_call("list", prefix):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    out.append(ObjectInfo(obj["Key"], int(obj["Size"]), content_type_for(obj["Key"])))
         return out
 
     def delete_prefix(self, prefix: str) -> int:
         keys = [o.key for o in self.list(prefix)]
         for i in range(0, len(keys), 1000):
             chunk = [{"Key": k} for k in keys[i : i + 1000]]
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+            with _store_call("delete", prefix):
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
         return len(keys)
 
     def presign_get(self, key: str, expires_s: int) -> str:
