@@ -112,7 +112,10 @@ class VoxelField(nn.Module):
         if self.occupancy_grid is None:
             return (*self.lookup_rays(start, delta, counts, k), None)
         grids = (self.density.view(1, -1), self.features.view(self.channels, -1))
-        rule = SkipRule(self.occupancy_grid, float(self.d_scale.detach().exp()), self.density_shift, float(step))
+        grid = self.occupancy_grid
+        if grid.bits.device != self.density.device:  # the field was moved after the grid was built
+            grid = self.occupancy_grid = OccupancyGrid(grid.bits.to(self.density.device), grid.cell, grid.stop_transmittance)
+        rule = SkipRule(grid, float(self.d_scale.detach().exp()), self.density_shift, float(step))
         raw, feats, live = trilinear_rays(start, delta, counts, k, self.grid_size, *grids, skip=rule)
         return raw[0], self.activate_features(feats), live
 

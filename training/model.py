@@ -158,6 +158,7 @@ def default_meta(steps_trained: int = 0) -> dict[str, Any]:
             "emptiness_multiplier": 3.0,
             "emptiness_step": 0.5,
             "half": False,
+            "feature_activation": "tanh",
         },
     }
 
