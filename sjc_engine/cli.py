@@ -18,8 +18,9 @@ from typing import Any
 
 from sjc_engine.callbacks import Callbacks, StepReport
 from sjc_engine.catalog import ModelNotFoundError, PromptError
-from sjc_engine.threads import apply_openmp_defaults, set_torch_threads
 from sjc_engine.denoisers.errors import ModelLoadError
+from sjc_engine.export.formats import MESH_FORMATS
+from sjc_engine.threads import apply_openmp_defaults, set_torch_threads
 
 
 class ProgressBar(Callbacks):
@@ -73,8 +74,15 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--video-frames", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--outputs", nargs="+", choices=["checkpoint", "video", "mesh", "previews"])
-    p.add_argument("--mesh-formats", nargs="+", choices=["glb", "ply", "obj"])
-    p.add_argument("--resume", type=Path, help="a resume/state.pt written by an earlier run")
+    p.add_argument(
+        "--formats", "--mesh-formats", nargs="+", choices=list(MESH_FORMATS), dest="mesh_formats",
+        help="mesh files to write (default: all): glb (textured, PBR material), obj (+ .mtl + .png texture), "
+        "ply (sRGB vertex colours), stl (geometry)",
+    )
+    p.add_argument("--target-faces", type=int, help="face budget of the mesh (default 30000)")
+    p.add_argument("--texture-size", type=int, help="side of the mesh's base-colour texture in texels (default 1024)")
+    p.add_argument("--display-size", type=int, help="height of the turntable video and thumbnail in pixels (default 256)")
+    p.add_argument("--resume", type=Path, help="a resume/state.pt written by an earlier run (default: start fresh)")
     p.add_argument("--threads", type=int, help="torch threads (default: SJC_THREADS, else every usable core)")
     p.set_defaults(func=cmd_generate)
 
@@ -100,7 +108,8 @@ def _add_sample2d(sub: Any) -> None:
 
 OVERRIDES = (
     "steps", "seed", "guidance_scale", "grid_size", "render_size", "lr", "n_noise", "sigma_schedule", "sigma_min",
-    "sigma_max", "emptiness_weight", "center_depth_weight", "preview_every", "checkpoint_every", "video_frames", "device",
+    "sigma_max", "emptiness_weight", "center_depth_weight", "preview_every", "checkpoint_every", "video_frames",
+    "target_faces", "texture_size", "display_size", "device",
 )
 
 

@@ -70,6 +70,10 @@ class SJCConfig:
     steps: int = 10_000
     grid_size: int = 100
     bbox: float = 1.0
+        display_size: height in pixels of the turntable frames and the thumbnail (default 256; the field is
+            rendered at this size, or at size / 8 before a VAE decode; never below ``render_size``).
+        target_faces: face budget of the exported mesh (default 30,000, like Meshy's default polycount).
+        texture_size: side in texels of the mesh's base-colour texture (default 1024).
     render_size: int = 64
     step_ratio: float = 0.5
     density_shift: float = -1.0
@@ -107,6 +111,9 @@ class SJCConfig:
         self.tick_trim = tuple(self.tick_trim)  # type: ignore[assignment]
         self.validate()
 
+    display_size: int = 256
+    target_faces: int = 30_000
+    texture_size: int = 1024
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting that is out of range."""
         checks: list[tuple[str, bool]] = [
@@ -132,6 +139,9 @@ class SJCConfig:
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"SJCConfig.{name} is out of range: {getattr(self, name)!r}")
+            ("display_size", 16 <= self.display_size <= 2048),
+            ("target_faces", 100 <= self.target_faces <= 2_000_000),
+            ("texture_size", 64 <= self.texture_size <= 8192),
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

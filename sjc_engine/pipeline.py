@@ -1,8 +1,9 @@
 """Prompt in, files out: validate, load the model, run SJC, export the results to a folder.
 
 The files (fixed names; the service uploads them under ``jobs/{id}/``):
-``field.pt`` (the voxel field with its config), ``turntable.mp4``, ``mesh.glb`` / ``mesh.ply`` / ``mesh.obj``
-(+ what the OBJ needs), ``previews/step_XXXXXX.png`` and ``config.json``. A run stopped early (cancel) writes
+``field.pt`` (the voxel field with its config), ``turntable.mp4``, ``thumbnail.png``, ``mesh.glb`` / ``mesh.ply`` /
+``mesh.obj`` (+ ``mesh.mtl``, ``mesh.png``) / ``mesh.stl`` (see :mod:`sjc_engine.export.asset`),
+``previews/step_XXXXXX.png`` and ``config.json``. A run stopped early (cancel) writes
 only ``field.pt`` and the previews made so far.
 """
 
@@ -106,7 +107,7 @@ def generate(
         resume: a state dict or the path of one (:func:`sjc_engine.checkpoint.save_checkpoint`).
         denoiser: an already loaded denoiser (else ``config.model`` is loaded).
         outputs: which of ``"checkpoint"``, ``"video"``, ``"mesh"``, ``"previews"`` to write.
-        mesh_formats: which of ``"glb"``, ``"ply"``, ``"obj"``.
+        mesh_formats: which of :data:`~sjc_engine.export.formats.MESH_FORMATS` (``"glb"``, ``"ply"``, ``"obj"``, ``"stl"``).
         model_dirs: folders holding named models.
     """
     unknown = (set(outputs) - set(OUTPUTS)) | (set(mesh_formats) - set(MESH_FORMATS))
@@ -142,25 +143,14 @@ def generate(
         files["field.pt"] = path
     files.update(previews.files)
     if not result.stopped:
-        if "video" in outputs:
-            from sjc_engine.export.video import render_turntable, write_mp4
+        from sjc_engine.export.asset import export_asset
 
-            frames = render_turntable(
-                field, denoiser.decode, n_frames=config.video_frames, size=config.render_size,
-                radius=config.cam_radius, fov_deg=config.test_fov_deg, elevation_deg=TURNTABLE_ELEVATION_DEG,
-            )
-            write_mp4(frames, out_dir / "turntable.mp4")
-            files["turntable.mp4"] = out_dir / "turntable.mp4"
-        if "mesh" in outputs and mesh_formats:
-            from sjc_engine.export.mesh import EmptyMeshError, extract_mesh, save_mesh
-
-            try:
-                mesh = extract_mesh(field, threshold=config.mesh_threshold, decode=denoiser.decode)
-            except EmptyMeshError as e:  # an empty (or full) field: keep the other results, say why
-                warnings.append(f"mesh skipped: {e}")
-            else:
-                for path in save_mesh(mesh, out_dir, formats=tuple(mesh_formats)).values():
-                    files[_rel(Path(path), out_dir)] = Path(path)
+        exported = export_asset(
+            field, config, out_dir, decode=denoiser.decode, is_latent=bool(getattr(denoiser, "is_latent", False)),
+            outputs=outputs, mesh_formats=mesh_formats,
+        )
+        files.update({_rel(path, out_dir): path for path in exported.files.values()})
+        warnings.extend(exported.warnings)
         path = out_dir / "config.json"
         path.write_text(json.dumps({**config.to_dict(), "steps_done": result.step}, indent=2))
         files["config.json"] = path

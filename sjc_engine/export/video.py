@@ -10,16 +10,12 @@ import torch
 from torch import Tensor
 
 from sjc_engine.cameras import turntable
+from sjc_engine.export.colors import identity_decode
 from sjc_engine.export.images import colorize_depth, to_uint8_image
 from sjc_engine.field import VoxelField
 from sjc_engine.renderer import render_image
 
 Decode = Callable[[Tensor], Tensor]
-
-
-def identity_decode(x: Tensor) -> Tensor:
-    """Pixel-space features in [-1, 1] to RGB in [0, 1] (the first three channels)."""
-    return ((x.clamp(-1, 1) + 1) / 2)[:, :3]
 
 
 @torch.no_grad()

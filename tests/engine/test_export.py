@@ -1,15 +1,29 @@
-"""Export: meshes that load back with real colours, MP4 that loads back, image helpers."""
+"""Export: mesh files that load back facing outward with their texture and colours, the whole asset (video,
+thumbnail, mesh) at display size, the MP4, image helpers."""
+
+import json
+import subprocess
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
 import trimesh
+from PIL import Image
 
+from sjc_engine.config import SJCConfig
+from sjc_engine.export.asset import export_asset
+from sjc_engine.export.colors import local_colors
+from sjc_engine.export.crop import crop_to_content
 from sjc_engine.export.images import image_grid, save_png, to_uint8_image
 from sjc_engine.export.mesh import EmptyMeshError, extract_mesh, save_mesh
 from sjc_engine.export.video import render_turntable, write_mp4
 from sjc_engine.field import VoxelField
+from sjc_engine.renderer import render_image
+from sjc_engine.cameras import spherical_camera
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def two_color_ball(n: int = 24) -> VoxelField:
@@ -29,41 +43,137 @@ def two_color_ball(n: int = 24) -> VoxelField:
 
 
 @pytest.fixture(scope="module")
-def ball_mesh() -> trimesh.Trimesh:
-    return extract_mesh(two_color_ball(), threshold=5.0, decode=None, views=6, size=32)
+def ball() -> VoxelField:
+    return two_color_ball()
+
+
+@pytest.fixture(scope="module")
+def ball_mesh(ball) -> trimesh.Trimesh:
+    return extract_mesh(ball, threshold=5.0, decode=None, target_faces=4000)
+
+
+@pytest.fixture(scope="module")
+def ball_files(ball, ball_mesh, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("ball")
+    return save_mesh(ball_mesh, out, color_fn=lambda p, n: local_colors(ball, p, n), texture_size=256)
+
+
+def sides_are_red_and_blue(vertices: np.ndarray, rgb: np.ndarray) -> None:
+    right, left = vertices[:, 0] > 0.15, vertices[:, 0] < -0.15
+    assert rgb[right, 0].mean() > 0.8 and rgb[right, 2].mean() < 0.2, rgb[right].mean(0)  # red side
+    assert rgb[left, 2].mean() > 0.8 and rgb[left, 0].mean() < 0.2, rgb[left].mean(0)  # blue side
 
 
 def test_mesh_geometry_colors_and_floaters(ball_mesh: trimesh.Trimesh) -> None:
     v = ball_mesh.vertices
-    r = np.linalg.norm(v, axis=1)
-    assert np.all(np.abs(r - 0.5) < 0.1), "vertices lie on the sphere; the floater at (0.8, 0.8, 0.8) is gone"
-    colors = ball_mesh.visual.vertex_colors[:, :3].astype(float) / 255
-    right, left = v[:, 0] > 0.15, v[:, 0] < -0.15
-    assert colors[right, 0].mean() > 0.7 and colors[right, 2].mean() < 0.3  # red side
-    assert colors[left, 2].mean() > 0.7 and colors[left, 0].mean() < 0.3  # blue side
+    assert np.all(np.abs(np.linalg.norm(v, axis=1) - 0.5) < 0.06), "on the sphere; the floater at (0.8, 0.8, 0.8) is gone"
+    assert ball_mesh.is_watertight and ball_mesh.volume > 0
+    assert len(ball_mesh.faces) <= 4000
+    sides_are_red_and_blue(v, ball_mesh.visual.vertex_colors[:, :3].astype(float) / 255)
 
 
-def test_mesh_files_load_back_with_colors(ball_mesh: trimesh.Trimesh, tmp_path) -> None:
-    paths = save_mesh(ball_mesh, tmp_path)
-    assert set(paths) == {"glb", "ply", "obj"}
-    for fmt, path in paths.items():
-        loaded = trimesh.load(path, force="mesh", process=False)
-        assert len(loaded.vertices) == len(ball_mesh.vertices), fmt
-        assert len(loaded.faces) == len(ball_mesh.faces), fmt
-        assert loaded.visual.kind == "vertex", fmt
-        colors = np.asarray(loaded.visual.vertex_colors)[:, :3]
-        assert colors.dtype == np.uint8, fmt
-        assert len(np.unique(colors, axis=0)) > 2, f"{fmt}: colours all equal"
-        assert np.abs(colors.astype(int) - ball_mesh.visual.vertex_colors[:, :3].astype(int)).max() <= 1, fmt
-    subset = save_mesh(ball_mesh, tmp_path / "sub", formats=("ply",))
-    assert list(subset) == ["ply"]
-    with pytest.raises(ValueError):
-        save_mesh(ball_mesh, tmp_path, formats=("stl",))
+def test_mesh_files(ball_files: dict[str, Path], ball_mesh: trimesh.Trimesh) -> None:
+    assert set(ball_files) == {"mesh.glb", "mesh.obj", "mesh.mtl", "mesh.png", "mesh.ply", "mesh.stl"}
+    assert all(p.stat().st_size > 0 for p in ball_files.values())
+
+
+def test_glb_loads_back_textured_pbr_outward(ball_files: dict[str, Path]) -> None:
+    glb = trimesh.load(ball_files["mesh.glb"], force="mesh", process=False)
+    assert glb.volume > 0 and glb.is_winding_consistent
+    assert glb.visual.kind == "texture"
+    mat = glb.visual.material
+    assert isinstance(mat, trimesh.visual.material.PBRMaterial)
+    assert mat.metallicFactor == 0.0 and 0.8 <= mat.roughnessFactor <= 0.9
+    assert mat.baseColorTexture.size == (256, 256)
+    rgb = np.asarray(glb.visual.to_color().vertex_colors)[:, :3].astype(float) / 255  # the texture at each UV
+    sides_are_red_and_blue(glb.vertices, rgb)
+    # the stored normals agree with the winding
+    vn = glb.vertex_normals[glb.faces].mean(1)
+    assert (np.einsum("ij,ij->i", glb.face_normals, vn) > 0).mean() > 0.999
+
+
+def test_obj_mtl_png_reload_with_texture(ball_files: dict[str, Path]) -> None:
+    text = ball_files["mesh.obj"].read_text()
+    assert "mtllib mesh.mtl" in text and "\nvt " in text and "\nvn " in text
+    assert not any(len(line.split()) > 4 for line in text.splitlines() if line.startswith("v ")), "no v x y z r g b"
+    mtl = ball_files["mesh.mtl"].read_text()
+    assert "map_Kd mesh.png" in mtl
+    obj = trimesh.load(ball_files["mesh.obj"], force="mesh", process=False)
+    assert obj.visual.kind == "texture" and obj.visual.material.image is not None
+    assert obj.volume > 0
+    rgb = np.asarray(obj.visual.to_color().vertex_colors)[:, :3].astype(float) / 255
+    sides_are_red_and_blue(obj.vertices, rgb)
+
+
+def test_ply_and_stl_load_back(ball_files: dict[str, Path], ball_mesh: trimesh.Trimesh) -> None:
+    ply = trimesh.load(ball_files["mesh.ply"], process=False)
+    assert len(ply.faces) == len(ball_mesh.faces) and ply.volume > 0
+    colors = np.asarray(ply.visual.vertex_colors)[:, :3]
+    assert np.array_equal(colors, ball_mesh.visual.vertex_colors[:, :3])
+    stl = trimesh.load(ball_files["mesh.stl"])
+    assert stl.is_watertight and stl.volume > 0
+    assert abs(stl.volume - ball_mesh.volume) < 1e-6
+
+
+def test_unknown_format_raises(ball_mesh, tmp_path) -> None:
+    with pytest.raises(ValueError, match="fbx"):
+        save_mesh(ball_mesh, tmp_path, formats=("fbx",))
+    assert list(save_mesh(ball_mesh, tmp_path / "sub", formats=("ply",))) == ["mesh.ply"]
+
+
+def test_glb_passes_khronos_validator(ball_files, web_node_modules) -> None:
+    out = subprocess.run(
+        ["node", str(ROOT / "web" / "tools" / "validate_gltf.mjs"), str(ball_files["mesh.glb"])],
+        capture_output=True, text=True, cwd=ROOT / "web",
+    )
+    report = json.loads(out.stdout.splitlines()[0])
+    assert (report["errors"], report["warnings"]) == (0, 0), report["messages"]
+    assert out.returncode == 0
+    assert report["info"]["materialCount"] == 1 and report["info"]["hasTextures"]
 
 
 def test_empty_field_raises() -> None:
     with pytest.raises(EmptyMeshError):
         extract_mesh(VoxelField(8, 3), threshold=5.0)
+
+
+def test_export_asset_writes_everything_at_display_size(ball, tmp_path) -> None:
+    config = SJCConfig(render_size=16, video_frames=4, display_size=64, target_faces=2000, texture_size=128,
+                       cam_radius=2.0, step_ratio=1.0)
+    res = export_asset(ball, config, tmp_path, decode=None, outputs=("video", "mesh"), mesh_formats=("glb", "stl"))
+    assert set(res.files) == {"turntable.mp4", "thumbnail.png", "mesh.glb", "mesh.stl"} and not res.warnings
+    thumb = np.asarray(Image.open(res.files["thumbnail.png"]))
+    assert thumb.shape == (64, 64, 3)
+    centre = thumb[24:40, 24:40].reshape(-1, 3).astype(int)
+    assert ((centre[:, 0] > 150) | (centre[:, 2] > 150)).all(), "the ball fills the middle: red or blue"
+    with av.open(str(res.files["turntable.mp4"])) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+    assert len(frames) == 4 and frames[0].shape == (64, 128, 3), "RGB beside depth, each 64 px high"
+    glb = trimesh.load(res.files["mesh.glb"], force="mesh")
+    assert len(glb.faces) <= 2000 and glb.volume > 0
+
+
+def test_export_asset_without_surface_warns(tmp_path) -> None:
+    config = SJCConfig(render_size=16, video_frames=2, display_size=32)
+    res = export_asset(VoxelField(8, 3), config, tmp_path, outputs=("mesh", "previews"))
+    assert set(res.files) == {"thumbnail.png"}, "the mesh is skipped, the rest is written"
+    assert len(res.warnings) == 1 and "mesh skipped" in res.warnings[0]
+
+
+def test_crop_to_content_renders_the_same() -> None:
+    field = two_color_ball(32)
+    with torch.no_grad():
+        field.density[0][(field.grid_points() - torch.tensor([0.8, 0.8, 0.8])).norm(dim=-1) < 0.1] = -30.0
+    crop = crop_to_content(field)
+    assert crop.grid_size < field.grid_size and crop.bbox < field.bbox
+    cam = spherical_camera(30.0, 20.0, 2.0, 50.0, 48)
+    with torch.no_grad():
+        a, b = render_image(field, cam, 0.5), render_image(crop, cam, 0.5)
+    assert b.n_samples < a.n_samples / 2, "fewer samples marched"
+    # the same picture up to the samples' phase along each ray (silhouette pixels of a step density differ a bit)
+    assert (a.opacity - b.opacity).abs().mean() < 0.005 and (a.opacity - b.opacity).abs().max() < 0.15
+    assert (a.image - b.image).abs().mean() < 0.01
+    assert crop_to_content(VoxelField(8, 3)).grid_size == 8, "nothing to crop: the field itself"
 
 
 def test_turntable_mp4_loads_back(tmp_path) -> None:
@@ -96,6 +206,4 @@ def test_image_helpers(tmp_path) -> None:
     grid = image_grid([arr, arr, arr], cols=2)
     assert grid.shape == (8, 10, 3) and grid[4:, 5:].sum() == 0
     path = save_png(grid, tmp_path / "g.png")
-    from PIL import Image
-
     assert np.array_equal(np.asarray(Image.open(path)), grid)

@@ -1,0 +1,130 @@
+"""The finished asset: every file a run's user takes home, written from the fitted field in one call.
+
+:func:`export_asset` writes, in order:
+
+1. ``turntable.mp4``: a full turn at display size (``config.display_size`` pixels high: the field renders at
+   any resolution), RGB beside colourised depth (``"video"`` output);
+2. ``thumbnail.png``: the poster, one three-quarter view at display size (with the ``"video"`` or the
+   ``"previews"`` output);
+3. the mesh (``"mesh"`` output): ``mesh.glb`` (UV-mapped, diffuse PBR material, baked base-colour
+   texture), ``mesh.obj`` + ``mesh.mtl`` + ``mesh.png``, ``mesh.ply`` (sRGB vertex colours), ``mesh.stl``,
+   as ``mesh_formats`` chooses. A field with no surface at ``config.mesh_threshold`` skips the mesh with a
+   warning; the other files are still written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from sjc_engine.cameras import spherical_camera
+from sjc_engine.config import SJCConfig
+from sjc_engine.export.colors import identity_decode, local_colors, projected_colors, color_views
+from sjc_engine.export.crop import crop_to_content
+from sjc_engine.export.formats import MESH_FORMATS
+from sjc_engine.field import VoxelField
+
+Decode = Callable[[Tensor], Tensor]
+TURNTABLE_ELEVATION_DEG = 20.0
+THUMBNAIL_AZIMUTH_DEG, THUMBNAIL_ELEVATION_DEG = 45.0, 25.0
+COLOR_VIEWS = 12
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_asset` wrote: ``files`` (name relative to the folder -> path) and ``warnings``."""
+
+    files: dict[str, Path] = dc_field(default_factory=dict)
+    warnings: list[str] = dc_field(default_factory=list)
+
+
+@torch.no_grad()
+def decode_scale(field: VoxelField, decode: Decode) -> int:
+    """Decoded pixels per rendered pixel (1 for pixel models, 8 for Stable Diffusion's VAE)."""
+    probe = torch.zeros(1, field.channels, 8, 8, device=field.density.device)
+    return max(1, int(decode(probe).shape[-1]) // 8)
+
+
+def render_size_for(display_size: int, scale: int, minimum: int = 8) -> int:
+    """The render side whose decoded image is at least ``display_size`` pixels."""
+    return max(minimum, -(-display_size // scale))
+
+
+@torch.no_grad()
+def write_thumbnail(field: VoxelField, decode: Decode, config: SJCConfig, size: int, path: Path) -> Path:
+    """The poster: a three-quarter view (azimuth 45, elevation 25 degrees) rendered at ``size`` before decoding."""
+    from sjc_engine.export.images import save_png
+    from sjc_engine.renderer import render_image
+
+    cam = spherical_camera(THUMBNAIL_AZIMUTH_DEG, THUMBNAIL_ELEVATION_DEG, config.cam_radius, config.test_fov_deg, size)
+    img = render_image(field, cam, config.step_ratio).image[None]  # (1, C, H, W)
+    return save_png(decode(img).float()[0], path)
+
+
+def export_asset(
+    field: VoxelField,
+    config: SJCConfig,
+    out_dir: Path,
+    decode: Decode | None = None,
+    is_latent: bool = False,
+    outputs: Collection[str] = ("video", "mesh", "previews"),
+    mesh_formats: Collection[str] = MESH_FORMATS,
+) -> ExportResult:
+    """Write the turntable, the thumbnail and the mesh files of a fitted ``field`` into ``out_dir``.
+
+    Args:
+        field: the fitted voxel field.
+        config: the run's settings (``display_size``, ``video_frames``, ``mesh_threshold``, ``target_faces``,
+            ``texture_size``, the camera settings).
+        out_dir: the folder (created).
+        decode: the denoiser's ``decode`` (features to RGB in [0, 1]); ``None``: pixel features in [-1, 1].
+        is_latent: the features are VAE latents (mesh colours then come from decoded, depth-tested views).
+        outputs: which of ``"video"``, ``"mesh"``, ``"previews"`` were asked for (others are ignored here).
+        mesh_formats: which of :data:`MESH_FORMATS`.
+    """
+    decode = decode or identity_decode
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = ExportResult()
+    size = max(config.render_size, render_size_for(config.display_size, decode_scale(field, decode)))
+    view = crop_to_content(field)  # the same renders, without marching through empty space
+
+    # 1. turntable at display size
+    if "video" in outputs:
+        from sjc_engine.export.video import render_turntable, write_mp4
+
+        frames = render_turntable(
+            view, decode, n_frames=config.video_frames, size=size, radius=config.cam_radius,
+            fov_deg=config.test_fov_deg, elevation_deg=TURNTABLE_ELEVATION_DEG, step_ratio=config.step_ratio,
+        )
+        result.files["turntable.mp4"] = write_mp4(frames, out_dir / "turntable.mp4")
+
+    # 2. the poster
+    if {"video", "previews"} & set(outputs):
+        result.files["thumbnail.png"] = write_thumbnail(view, decode, config, size, out_dir / "thumbnail.png")
+
+    # 3. the mesh: surface, colours, texture, files
+    if "mesh" in outputs and mesh_formats:
+        from sjc_engine.export.mesh import EmptyMeshError, extract_mesh, save_mesh
+
+        try:
+            mesh = extract_mesh(
+                field, config.mesh_threshold, decode, is_latent, target_faces=config.target_faces, size=size,
+                views=COLOR_VIEWS,
+            )
+        except EmptyMeshError as e:  # an empty (or full) field: keep the other results, say why
+            result.warnings.append(f"mesh skipped: {e}")
+            return result
+        if is_latent:
+            cams = color_views(COLOR_VIEWS, size, 2.2 * field.bbox, config.test_fov_deg)
+            color_fn = lambda p, n: projected_colors(field, p, n, decode, cams)  # noqa: E731
+        else:
+            color_fn = lambda p, n: local_colors(field, p, n, decode)  # noqa: E731
+        paths = save_mesh(mesh, out_dir, formats=tuple(mesh_formats), color_fn=color_fn, texture_size=config.texture_size)
+        result.files.update(paths)
+    return result
