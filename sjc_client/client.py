@@ -117,6 +117,27 @@ class SJCClient:
         """Ask for the job to stop (``POST /v1/jobs/{id}/cancel``); a running job stops at its next check."""
         return self._request("POST", f"/v1/jobs/{job_id}/cancel")
 
+    def delete(self, job_id: str) -> bool:
+        """Delete the job, its files and record (``DELETE /v1/jobs/{id}``); an active job is canceled first.
+
+        Returns ``True`` when it is gone now, ``False`` when the deletion waits for the job to stop.
+        """
+        try:
+            response = self._http.request("DELETE", f"/v1/jobs/{job_id}")
+        except httpx.TransportError as exc:
+            raise SJCClientError(f"cannot reach the SJC API at {self.base_url}: {exc}") from exc
+        if response.status_code >= 400:
+            raise ApiError.from_response(response)
+        return response.status_code != 202
+
+    def usage(self) -> dict[str, Any]:
+        """Your key's jobs by status, compute seconds and rate limit (``GET /v1/usage``)."""
+        return self._request("GET", "/v1/usage")
+
+    def webhook_secret(self) -> str:
+        """The ``whsec_`` secret that signs your jobs' webhooks (``GET /v1/webhook-secret``)."""
+        return str(self._request("GET", "/v1/webhook-secret")["secret"])
+
     def models(self) -> Any:
         """The models the service can use (``GET /v1/models``)."""
         return self._request("GET", "/v1/models")

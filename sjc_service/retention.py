@@ -19,29 +19,13 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from sjc_service import webhooks
 from sjc_service.schemas import TERMINAL
+from sjc_service.settings import Settings
 
 log = logging.getLogger(__name__)
 PENDING_KEY = "sjc:delete:pending"
 TOMBSTONE_TTL_S = 24 * 3600
-
-
-class RetentionSettings(BaseSettings):
-    """Read from ``SJC_RETENTION_DAYS`` and ``SJC_SWEEP_INTERVAL_S``.
-
-    Args:
-        retention_days: finished jobs are deleted this long after they finished (default 7; 0 keeps them).
-        sweep_interval_s: seconds between two sweeps (default 300).
-    """
-
-    model_config = SettingsConfigDict(env_prefix="SJC_", extra="ignore")
-
-    retention_days: float = Field(7.0, ge=0)
-    sweep_interval_s: float = Field(300.0, gt=0)
 
 
 def tombstone_key(owner: str, job_id: str) -> str:
@@ -118,10 +102,9 @@ def sweep(jobs: Any, store: Any, retention_s: float | None, now: datetime | None
 class Sweeper(threading.Thread):
     """Runs :func:`sweep` every ``interval`` seconds until :meth:`stop`."""
 
-    def __init__(self, jobs: Any, store: Any, settings: RetentionSettings | None = None) -> None:
+    def __init__(self, jobs: Any, store: Any, settings: Settings) -> None:
         super().__init__(name="sjc-sweeper", daemon=True)
-        self.jobs, self.store = jobs, store
-        self.settings = settings or RetentionSettings()
+        self.jobs, self.store, self.settings = jobs, store, settings
         self._done = threading.Event()
 
     def run(self) -> None:

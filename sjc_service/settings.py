@@ -52,6 +52,17 @@ class Settings(BaseSettings):
         events_maxlen: most events kept per job stream (approximate trimming).
         idempotency_ttl_s: how long an ``Idempotency-Key`` is remembered.
         sse_heartbeat_s: seconds between heartbeat comments on an idle event stream.
+        webhook_queue: Celery queue of webhook deliveries (never the GPU queue).
+        webhook_allow_private_targets: accept webhook URLs on private, loopback and link-local addresses.
+        webhook_backoff_s, webhook_max_backoff_s: delay before a delivery's first retry (doubling at each
+            retry) and the longest delay between two attempts.
+        webhook_max_attempts: attempts of one delivery, the first included.
+        webhook_timeout_s: seconds a webhook receiver has to answer.
+        webhook_watch_interval_s: seconds between two scans of job events for webhooks to send.
+        retention_days: finished jobs (record and files) are deleted this long after they finished (0: kept).
+        sweep_interval_s: seconds between two sweeps for expired and deleted jobs.
+        rate_limit_per_min: requests per minute per API key (token bucket; 0: no limit).
+        rate_limit_burst: requests a key may make at once (the bucket's size).
     """
 
     model_config = SettingsConfigDict(env_prefix="SJC_", extra="ignore")
@@ -92,6 +103,17 @@ class Settings(BaseSettings):
     events_maxlen: int = Field(2000, ge=10)
     idempotency_ttl_s: int = Field(24 * 3600, ge=1)
     sse_heartbeat_s: float = Field(15.0, gt=0)
+    webhook_queue: str = "webhooks"
+    webhook_allow_private_targets: bool = False
+    webhook_backoff_s: float = Field(30.0, gt=0)
+    webhook_max_backoff_s: float = Field(1200.0, gt=0)
+    webhook_max_attempts: int = Field(10, ge=1, le=50)
+    webhook_timeout_s: float = Field(10.0, gt=0)
+    webhook_watch_interval_s: float = Field(1.0, gt=0)
+    retention_days: float = Field(7.0, ge=0)
+    sweep_interval_s: float = Field(300.0, gt=0)
+    rate_limit_per_min: float = Field(120.0, ge=0)
+    rate_limit_burst: int = Field(30, ge=1)
 
     @field_validator("model_dirs", mode="before")
     @classmethod

@@ -36,14 +36,13 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 import redis
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sjc_service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +54,9 @@ DELIVER_TASK = "sjc.deliver_webhook"
 MAX_KEPT_DELIVERIES = 100
 
 
-class WebhookSettings(BaseSettings):
-    """Webhook settings; each field ``foo`` is read from ``SJC_WEBHOOK_FOO``.
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Webhook settings (``Settings.webhook_*``, i.e. ``SJC_WEBHOOK_*``; see :meth:`from_settings`).
 
     Args:
         queue: the Celery queue of deliveries (default ``"webhooks"``; never the GPU queue).
@@ -70,25 +70,24 @@ class WebhookSettings(BaseSettings):
         watch_interval_s: seconds between two scans of job events for deliveries to send (default 1 s).
     """
 
-    model_config = SettingsConfigDict(env_prefix="SJC_WEBHOOK_", extra="ignore")
-
     queue: str = "webhooks"
     allow_private_targets: bool = False
-    backoff_s: float = Field(30.0, gt=0)
-    max_backoff_s: float = Field(1200.0, gt=0)
-    max_attempts: int = Field(10, ge=1, le=50)
-    timeout_s: float = Field(10.0, gt=0)
-    watch_interval_s: float = Field(1.0, gt=0)
+    backoff_s: float = 30.0
+    max_backoff_s: float = 1200.0
+    max_attempts: int = 10
+    timeout_s: float = 10.0
+    watch_interval_s: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "WebhookSettings":
+        return cls(queue=settings.webhook_queue, allow_private_targets=settings.webhook_allow_private_targets,
+                   backoff_s=settings.webhook_backoff_s, max_backoff_s=settings.webhook_max_backoff_s,
+                   max_attempts=settings.webhook_max_attempts, timeout_s=settings.webhook_timeout_s,
+                   watch_interval_s=settings.webhook_watch_interval_s)
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt`` (2, 3, ...)."""
         return min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 2))
-
-
-@lru_cache(maxsize=1)
-def get_webhook_settings() -> WebhookSettings:
-    """This process's webhook settings (``get_webhook_settings.cache_clear()`` in tests)."""
-    return WebhookSettings()
 
 
 class TargetRefused(ValueError):

@@ -19,10 +19,10 @@ from sjc_service.connections import redis_from_settings
 from sjc_service.queue import make_celery
 from sjc_service.settings import get_settings
 from sjc_service.webhook_watch import Watcher
-from sjc_service.webhooks import DELIVER_TASK, Delivery, attempt_delivery, get_webhook_settings
+from sjc_service.webhooks import DELIVER_TASK, Delivery, WebhookSettings, attempt_delivery
 
 settings = get_settings()
-hooks = get_webhook_settings()
+hooks = WebhookSettings.from_settings(settings)
 if hooks.queue == settings.queue_name:
     raise ValueError(f"SJC_WEBHOOK_QUEUE ({hooks.queue!r}) must differ from the GPU queue SJC_QUEUE_NAME")
 app = make_celery(settings, main="sjc-webhooks")

@@ -37,12 +37,12 @@ class WebhookDeliveries(BaseModel):
     deliveries: list[dict[str, Any]]
 
 
-def check_webhook(body: JobCreate) -> None:
+def check_webhook(body: JobCreate, services: Services) -> None:
     """422 naming ``webhook_url`` when the service may not call it."""
     if body.webhook_url is None:
         return
     try:
-        webhooks.check_target(body.webhook_url, webhooks.get_webhook_settings().allow_private_targets)
+        webhooks.check_target(body.webhook_url, services.settings.webhook_allow_private_targets)
     except webhooks.TargetRefused as exc:
         raise field_error("webhook_url", str(exc)) from None
 

@@ -11,8 +11,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from fastapi.testclient import TestClient
 
-from sjc_service import webhooks
 from sjc_service.events import xadd_event
 from tests.api.conftest import auth
 from tests.fixtures.service import ServiceProcess, _spawn, wait_until
@@ -22,13 +22,12 @@ FAST = {"SJC_WEBHOOK_ALLOW_PRIVATE_TARGETS": "1", "SJC_WEBHOOK_BACKOFF_S": "0.5"
 
 
 @pytest.fixture
-def allow_loopback(monkeypatch) -> Iterator[None]:
-    for k, v in FAST.items():
-        monkeypatch.setenv(k, v)
-    webhooks.get_webhook_settings.cache_clear()
-    yield
-    monkeypatch.undo()
-    webhooks.get_webhook_settings.cache_clear()
+def hook_client(api_settings) -> Iterator[TestClient]:
+    """The API with loopback webhook targets allowed (the receiver runs on 127.0.0.1)."""
+    from api.main import create_app
+
+    with TestClient(create_app(api_settings.model_copy(update={"webhook_allow_private_targets": True}))) as c:
+        yield c
 
 
 @pytest.fixture
@@ -48,8 +47,8 @@ def webhook_worker(service_env, tmp_path) -> Iterator[ServiceProcess]:
     sp.stop()
 
 
-def test_signed_deliveries_retried_with_backoff_and_visible_on_the_job(client, services, allow_loopback,
-                                                                       webhook_worker):
+def test_signed_deliveries_retried_with_backoff_and_visible_on_the_job(hook_client, webhook_worker):
+    client, services = hook_client, hook_client.app.state.services
     secret = client.get("/v1/webhook-secret", headers=auth()).json()["secret"]
     assert secret.startswith("whsec_") and client.get("/v1/webhook-secret", headers=auth()).json()["secret"] == secret
     receiver = Receiver(secret=secret, fail_first=2).start()
@@ -80,7 +79,8 @@ def test_signed_deliveries_retried_with_backoff_and_visible_on_the_job(client, s
         receiver.stop()
 
 
-def test_event_filter_sends_only_what_was_asked(client, services, allow_loopback, webhook_worker):
+def test_event_filter_sends_only_what_was_asked(hook_client, webhook_worker):
+    client = hook_client
     secret = client.get("/v1/webhook-secret", headers=auth()).json()["secret"]
     receiver = Receiver(secret=secret).start()
     try:
@@ -97,7 +97,6 @@ def test_event_filter_sends_only_what_was_asked(client, services, allow_loopback
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "http://169.254.169.254/", "file:///etc/passwd"])
 def test_private_targets_are_refused_by_default(client, services, url):
-    webhooks.get_webhook_settings.cache_clear()
     r = client.post("/v1/jobs", json={"prompt": "a red cube", "webhook_url": url}, headers=auth())
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "webhook_url", r.text
     assert list(services.redis.scan_iter("sjc:job:*")) == []

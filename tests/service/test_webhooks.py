@@ -30,7 +30,9 @@ def test_loopback_is_allowed_when_the_setting_says_so():
 
 
 def test_backoff_doubles_and_covers_more_than_an_hour_by_default():
-    s = WebhookSettings()
+    from sjc_service.settings import Settings
+
+    s = WebhookSettings.from_settings(Settings())
     delays = [s.delay_before(a) for a in range(2, s.max_attempts + 1)]
     assert delays[:3] == [30.0, 60.0, 120.0] and max(delays) == s.max_backoff_s
     assert sum(delays) >= 3600, sum(delays)
