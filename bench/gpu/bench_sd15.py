@@ -162,11 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     if device.type == "cuda":
         res["weights_vram_gb"] = torch.cuda.memory_allocated() / 2**30
+
+    def save() -> None:  # after every figure: a stage cut short by its time limit keeps what it measured
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2))
+
     warmup = 3 if args.tiny else 10
     res["unet_ms"] = time_unet(den, clock, warmup, args.iters)
     res.update(time_sjc(den, clock, args.steps, grid, render))
+    save()
     den.unet.to(memory_format=torch.channels_last)
     res["unet_ms_channels_last"] = time_unet(den, clock, warmup, args.iters)
+    save()
     if args.compile:
         t0 = time.perf_counter()
         compiled = torch.compile(den.unet, mode="reduce-overhead")
@@ -180,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         clock.sync()
         res["compile_s"] = time.perf_counter() - t0
         res["unet_ms_compiled"] = time_unet(den, clock, warmup, args.iters, fn)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2))
+    save()
     print(json.dumps(res, indent=2))
     return 0
 

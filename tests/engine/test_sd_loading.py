@@ -136,3 +136,28 @@ def test_cli_prints_one_line_and_exits_2(sd_copy, tmp_path, capsys):
     errors = [line for line in err.splitlines() if "error" in line.lower()]
     assert len(errors) == 1
     assert errors[0].startswith(f"sjc: error: cannot load model file {f}: truncated or corrupted safetensors file")
+
+
+def _shard_unet(folder: Path, variant: str | None) -> list[Path]:
+    """Re-save ``folder/unet`` in several shards with an index (as large downloads come)."""
+    from diffusers import UNet2DConditionModel
+
+    unet_dir = folder / "unet"
+    unet = UNet2DConditionModel.from_pretrained(unet_dir)
+    (unet_dir / "diffusion_pytorch_model.safetensors").unlink()
+    unet.save_pretrained(unet_dir, max_shard_size="100KB", variant=variant)
+    return sorted(unet_dir.glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("variant", [None, "fp16"])
+def test_sharded_weights_load(sd_copy, tiny_sd_dir, variant):
+    shards = _shard_unet(sd_copy, variant)
+    assert len(shards) > 1 and list((sd_copy / "unet").glob("*.index*.json"))
+    assert pick_variant(sd_copy / "unet") == variant
+    torch.testing.assert_close(_denoise(load_from_path(sd_copy)), _denoise(load_from_path(tiny_sd_dir)))
+
+
+def test_truncated_shard_names_the_shard(sd_copy):
+    shard = _shard_unet(sd_copy, "fp16")[1]
+    shard.write_bytes(shard.read_bytes()[:-10])
+    _expect_load_error(sd_copy, shard.relative_to(sd_copy), "truncated safetensors")
