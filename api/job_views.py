@@ -1,14 +1,16 @@
-"""What the API returns for a job: the stored record plus its queue position and links."""
+"""What the API returns for a job: its public view plus its queue position and links."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
 from sjc_service.jobs import JobStore
-from sjc_service.schemas import JobRecord, JobStatus
+from sjc_service.lifecycle import JobStatus, Stage
+from sjc_service.schemas import JobRecord
+from sjc_service.views import JobView, job_view
 
 
-class JobOut(JobRecord):
+class JobOut(JobView):
     """A job as ``GET /v1/jobs/{id}`` shows it.
 
     Attributes:
@@ -33,6 +35,16 @@ def job_links(job_id: str) -> dict[str, str]:
 
 
 def to_view(record: JobRecord, jobs: JobStore) -> JobOut:
-    """The record with its live queue position (one Redis call when queued)."""
-    position = jobs.queue_position(record.id) if record.status == JobStatus.queued else None
-    return JobOut(**record.model_dump(), queue_position=position, links=job_links(record.id))
+    """The record as clients see it, with its live queue position (one Redis call when queued).
+
+    A running job whose worker stopped renewing its lease shows as ``queued`` / ``requeueing`` (no
+    ETA) until a reaper requeues it: its worker is gone, whatever step it last reported.
+    """
+    changes: dict[str, object] = {}
+    position = None
+    if record.status == JobStatus.queued:
+        position = jobs.indexes.queue_position(record.id)
+    elif record.status == JobStatus.running and not jobs.leases.alive(record.id):
+        changes = {"status": JobStatus.queued, "stage": Stage.requeueing, "eta_s": None}
+    view = job_view(record, **changes)
+    return JobOut(**view.model_dump(), queue_position=position, links=job_links(record.id))

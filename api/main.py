@@ -8,17 +8,19 @@ This module (and all of ``api/``) imports no torch: the API image carries no dee
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from api.limits import BodySizeLimit
 from api.metrics import make_registry
 from api.problems import Problem, install_problem_handlers, problem_response
-from api.routes import artifacts, events, files, health, jobs, metrics, models
+from api.rate_limits import RateLimitHeaders, rate_limited
+from api.routes import artifacts, deletion, events, files, health, jobs, metrics, models, usage, webhooks
 from api.routes import page
 from api.services import Services
 from sjc_service.settings import Settings, get_settings
@@ -47,6 +49,7 @@ def create_app(
             services.ensure_keys()
         except redis.RedisError as exc:  # retried on the first authenticated request
             log.warning("Redis unavailable at start-up (%s); API keys will be loaded later", exc)
+        threading.Thread(target=services.ensure_bucket, name="sjc-ensure-bucket", daemon=True).start()
         page.allow_page_origin(services)
         yield
         services.close()
@@ -71,12 +74,14 @@ def create_app(
     app.add_exception_handler(redis.TimeoutError, on_redis_down)
 
     v1 = APIRouter(prefix="/v1")
-    for module in (jobs, events, artifacts, files, models):
-        v1.include_router(module.router)
+    for module in (jobs, deletion, events, artifacts, models, webhooks, usage):  # per-key request rate
+        v1.include_router(module.router, dependencies=[Depends(rate_limited)])
+    v1.include_router(files.router)  # signed links, no key: not rate limited per key
     app.include_router(v1)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(page.router)
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     return app
 

@@ -1,9 +1,9 @@
 """Prometheus metrics, read from Redis at scrape time (so every API replica reports the same numbers).
 
-- ``sjc_jobs{status}``: jobs per status (JobStore's counters).
+- ``sjc_jobs{status}``: jobs per status (:mod:`sjc_service.indexes`).
 - ``sjc_queue_depth``: jobs waiting for a worker; ``sjc_broker_messages``: Celery messages in the queue.
 - ``sjc_job_duration_seconds``: histogram of finished jobs' run time (``finished_at - started_at``),
-  counted by JobStore when a job finishes.
+  counted when a job finishes.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ class JobsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         jobs = GaugeMetricFamily("sjc_jobs", "Jobs by status", labels=["status"])
-        for status, n in self.services.jobs.counts_by_status().items():
+        for status, n in self.services.jobs.indexes.counts_by_status().items():
             jobs.add_metric([status], n)
         yield jobs
-        yield GaugeMetricFamily("sjc_queue_depth", "Jobs queued for a worker", value=self.services.jobs.queue_length())
+        yield GaugeMetricFamily("sjc_queue_depth", "Jobs queued for a worker", value=self.services.jobs.indexes.queue_length())
         depth = self.services.redis.llen(self.services.settings.queue_name)
         yield GaugeMetricFamily("sjc_broker_messages", "Celery messages waiting in the GPU queue", value=depth)
-        buckets, total = self.services.jobs.duration_histogram()
+        buckets, total = self.services.jobs.indexes.duration_histogram()
         yield HistogramMetricFamily("sjc_job_duration_seconds", "Run time of finished jobs", buckets=buckets,
                                     sum_value=total)
 

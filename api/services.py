@@ -67,5 +67,13 @@ class Services:
         self.keys_ready = True
         log.info("bootstrapped %d API key(s) from SJC_API_KEYS", count)
 
+    def ensure_bucket(self) -> None:
+        """Create the artifacts' bucket (or folder) if it is missing; an outage is logged, not raised
+        (``/readyz`` reports the store until it answers)."""
+        try:
+            self.store.ensure_bucket()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("object store unavailable at start-up (%s); /readyz will say so", exc)
+
     def close(self) -> None:
         self.redis.close()

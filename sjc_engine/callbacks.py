@@ -23,6 +23,7 @@ class StepReport:
         sigma: the noise level used this step.
         preview: an ``(H, W, 3)`` uint8 RGB picture of the current field every ``preview_every`` steps,
             else ``None``.
+        extra: details of the step, e.g. ``{"prompt": <the view prompt used>}``.
     """
 
     step: int
@@ -50,6 +51,9 @@ class Callbacks:
         step, random state, config) and what ``run_sjc(resume=...)`` takes back.
         """
 
+    def on_export(self, steps_done: int) -> None:
+        """Called once the optimiser is done (not after a stop), before the exports are written."""
+
 
 class CallbackList(Callbacks):
     """Fans every hook out to several callbacks; stops when any of them asks to."""
@@ -67,3 +71,7 @@ class CallbackList(Callbacks):
     def on_checkpoint(self, state: dict[str, Any], step: int) -> None:
         for c in self.callbacks:
             c.on_checkpoint(state, step)
+
+    def on_export(self, steps_done: int) -> None:
+        for c in self.callbacks:
+            c.on_export(steps_done)

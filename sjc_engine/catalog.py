@@ -28,6 +28,11 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 ARTICLES = frozenset({"a", "an", "the"})
 
 
+def normalize_prompt(prompt: str) -> str:
+    """The prompt with runs of whitespace collapsed to one space and the ends trimmed."""
+    return " ".join(prompt.split())
+
+
 class ModelNotFoundError(FileNotFoundError):
     """No model under that name or path; the message lists every place looked in."""
 
@@ -57,8 +62,11 @@ class ModelInfo:
     description: str = ""
 
     def check_prompt(self, prompt: str) -> str:
-        """Return the normalised prompt, or raise :class:`PromptError` if the model cannot draw it."""
-        text = " ".join(prompt.strip().split())
+        """Return the prompt as the model takes it, or raise :class:`PromptError` if it cannot draw it.
+
+        A model with a vocabulary rewrites the prompt to its canonical ``"a <colour> <shape>"``.
+        """
+        text = normalize_prompt(prompt)
         if not text:
             raise PromptError("the prompt is empty")
         if self.vocabulary is None:

@@ -1,6 +1,7 @@
 """One run's settings: every knob of the SJC optimiser, with the reference implementation's defaults.
 
-Defaults follow pals-ttic/sjc at commit 509138a (see DESIGN.md section 3) for Stable Diffusion.
+Defaults follow pals-ttic/sjc at commit 509138a (``run_sjc.py``, ``voxnerf/``, ``pose.py``, ``adapt_sd.py``)
+for Stable Diffusion; the README's settings table lists them.
 A model may carry its own recommended settings (the embedded model does, in its ``sjc_model.json``);
 :func:`SJCConfig.for_model` applies them under the caller's explicit overrides.
 
@@ -10,10 +11,18 @@ This module imports no torch so that the service's API can validate settings wit
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 SigmaSchedule = Literal["random", "annealed"]
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or out of range; ``field`` names it (the service reports it as that field)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -61,6 +70,10 @@ class SJCConfig:
         half: fp16 denoiser on CUDA.
         mesh_threshold: activated density above which a voxel counts as occupied for the mesh and IoU
             (default 5.0: about 10% opacity per voxel at 100^3, 16x the 0.31 of untouched space).
+        display_size: height in pixels of the turntable frames and the thumbnail (default 256; the field is
+            rendered at this size, or at size / 8 before a VAE decode; never below ``render_size``).
+        target_faces: face budget of the exported mesh (default 30,000, like Meshy's default polycount).
+        texture_size: side in texels of the mesh's base-colour texture (default 1024).
         video_frames: frames of the turntable video.
     """
 
@@ -70,10 +83,6 @@ class SJCConfig:
     steps: int = 10_000
     grid_size: int = 100
     bbox: float = 1.0
-        display_size: height in pixels of the turntable frames and the thumbnail (default 256; the field is
-            rendered at this size, or at size / 8 before a VAE decode; never below ``render_size``).
-        target_faces: face budget of the exported mesh (default 30,000, like Meshy's default polycount).
-        texture_size: side in texels of the mesh's base-colour texture (default 1024).
     render_size: int = 64
     step_ratio: float = 0.5
     density_shift: float = -1.0
@@ -102,8 +111,10 @@ class SJCConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     half: bool = True
     mesh_threshold: float = 5.0
+    display_size: int = 256
+    target_faces: int = 30_000
+    texture_size: int = 1024
     video_frames: int = 60
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.elev_range_deg = tuple(self.elev_range_deg)  # type: ignore[assignment]
@@ -111,11 +122,8 @@ class SJCConfig:
         self.tick_trim = tuple(self.tick_trim)  # type: ignore[assignment]
         self.validate()
 
-    display_size: int = 256
-    target_faces: int = 30_000
-    texture_size: int = 1024
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first setting that is out of range."""
+        """Raise :class:`ConfigError` naming the first setting that is out of range."""
         checks: list[tuple[str, bool]] = [
             ("steps", self.steps >= 1),
             ("grid_size", 4 <= self.grid_size <= 512),
@@ -131,6 +139,9 @@ class SJCConfig:
             ("lr", self.lr > 0),
             ("emptiness_step", 0 <= self.emptiness_step <= 1),
             ("video_frames", self.video_frames >= 1),
+            ("display_size", 16 <= self.display_size <= 2048),
+            ("target_faces", 100 <= self.target_faces <= 2_000_000),
+            ("texture_size", 64 <= self.texture_size <= 8192),
             ("device", self.device in ("auto", "cpu", "cuda")),
             ("feature_activation", self.feature_activation in ("identity", "tanh")),
         ]
@@ -138,10 +149,7 @@ class SJCConfig:
             checks.append(("sigma_min", 0 < self.sigma_min < self.sigma_max))
         for name, ok in checks:
             if not ok:
-                raise ValueError(f"SJCConfig.{name} is out of range: {getattr(self, name)!r}")
-            ("display_size", 16 <= self.display_size <= 2048),
-            ("target_faces", 100 <= self.target_faces <= 2_000_000),
-            ("texture_size", 64 <= self.texture_size <= 8192),
+                raise ConfigError(name, f"SJCConfig.{name} is out of range: {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -154,7 +162,7 @@ class SJCConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown SJCConfig settings: {sorted(unknown)}")
+            raise ConfigError(sorted(unknown)[0], f"unknown SJCConfig settings: {sorted(unknown)}")
         return cls(**d)
 
     @classmethod

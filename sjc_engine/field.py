@@ -3,8 +3,9 @@
 Follows pals-ttic/sjc ``voxnerf/vox.py`` (``V_SD``): density ``(1, N, N, N)`` initialised to zeros, features
 ``(C, N, N, N)`` initialised from a standard normal, density activated *after* interpolation as
 ``softplus(raw * exp(d_scale) + shift)`` with a learnable scalar ``d_scale`` and ``shift = -1``, and a small
-learnable background texture looked up by ray direction. Features are not squashed: the field renders straight
-into the denoiser's space (SD latents or [-1, 1] pixels).
+learnable background texture looked up by ray direction. The field renders straight into the denoiser's
+space: with ``feature_activation="identity"`` (the reference, for SD latents) features are used as they are;
+with ``"tanh"`` (pixel models) features and background are squashed into [-1, 1].
 
 Grid convention: ``grid[..., i, j, k]`` holds the value at world point ``(x_i, y_j, z_k)`` with
 ``x_i = -bbox + 2 * bbox * i / (N - 1)`` (nodes on the box corners, like ``grid_sample(align_corners=True)``),

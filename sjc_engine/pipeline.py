@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from sjc_engine.callbacks import CallbackList, Callbacks, StepReport
-from sjc_engine.catalog import ModelInfo, ModelNotFoundError, resolve_model
 from sjc_engine.config import SJCConfig
+from sjc_engine.export.formats import MESH_FORMATS
+from sjc_engine.run_spec import OUTPUTS, RUNTIME_SETTINGS, limits_for_cli, resolve_run
 
-OUTPUTS = ("checkpoint", "video", "mesh", "previews")
-MESH_FORMATS = ("glb", "ply", "obj")
-TURNTABLE_ELEVATION_DEG = 20.0
 
 
 @dataclass
@@ -45,12 +43,17 @@ class GenerateResult:
 
 
 def build_config(prompt: str, model: str = "embedded", model_dirs: Sequence[str | Path] = (), **overrides: Any) -> SJCConfig:
-    """The settings for ``prompt`` on ``model``: reference defaults < the model's defaults < explicit ``overrides``.
+    """The settings for ``prompt`` on ``model`` through the run contract (:func:`sjc_engine.run_spec.resolve_run`):
+    reference defaults < the model's defaults < explicit ``overrides`` (``None``: not given).
 
-    ``None`` overrides mean "not given". Raises ``PromptError`` when the model cannot draw the prompt.
+    For scripts, notebooks and ``sjc generate``: a local path may name the model, and the seed is
+    ``SJCConfig.seed`` (0) unless given, so a run repeats. Raises ``RunSpecError`` naming the field.
     """
-    info = resolve_model(model, model_dirs)
-    return SJCConfig.for_model(info.defaults, prompt=info.check_prompt(prompt), model=model, **overrides)
+    runtime = {k: overrides.pop(k) for k in RUNTIME_SETTINGS if k in overrides}
+    if overrides.get("seed") is None:
+        overrides["seed"] = SJCConfig.seed
+    spec = resolve_run({"prompt": prompt, "model": model, **overrides}, limits_for_cli(model_dirs))
+    return spec.config(**runtime)
 
 
 class PreviewWriter(Callbacks):
@@ -78,16 +81,6 @@ def _rel(path: Path, root: Path) -> str:
         return path.name
 
 
-def _validated(config: SJCConfig, model_dirs: Sequence[str | Path], have_denoiser: bool) -> SJCConfig:
-    try:
-        info: ModelInfo = resolve_model(config.model, model_dirs)
-    except ModelNotFoundError:
-        if have_denoiser:  # a caller-built denoiser (tests, notebooks) needs no catalog entry
-            return config
-        raise
-    return dataclasses.replace(config, prompt=info.check_prompt(config.prompt))
-
-
 def generate(
     config: SJCConfig,
     out_dir: Path,
@@ -101,7 +94,8 @@ def generate(
     """Run SJC for ``config`` and export to ``out_dir``.
 
     Args:
-        config: the run's settings (see :func:`build_config` for model defaults).
+        config: the run's settings, resolved by :func:`sjc_engine.run_spec.resolve_run` (``RunSpec.config``)
+            or :func:`build_config`: prompt and model are not checked again here.
         out_dir: the folder to write into (created).
         callbacks: progress, previews, checkpoints, cancel.
         resume: a state dict or the path of one (:func:`sjc_engine.checkpoint.save_checkpoint`).
@@ -110,11 +104,7 @@ def generate(
         mesh_formats: which of :data:`~sjc_engine.export.formats.MESH_FORMATS` (``"glb"``, ``"ply"``, ``"obj"``, ``"stl"``).
         model_dirs: folders holding named models.
     """
-    unknown = (set(outputs) - set(OUTPUTS)) | (set(mesh_formats) - set(MESH_FORMATS))
-    if unknown:
-        raise ValueError(f"unknown outputs or mesh formats: {sorted(unknown)}")
-    # 1. validate the prompt against the model, then load the model
-    config = _validated(config, model_dirs, denoiser is not None)
+    # 1. load the model (the config was resolved by the run contract: it is taken as it is)
     if denoiser is None:
         from sjc_engine.denoisers.loader import load_denoiser
 
@@ -132,6 +122,8 @@ def generate(
     previews = PreviewWriter(out_dir)
     cb = CallbackList(previews if "previews" in outputs else None, callbacks)
     result = run_sjc(config, denoiser, callbacks=cb, resume=resume)
+    if not result.stopped:
+        cb.on_export(result.step)
 
     # 3. export
     files: dict[str, Path] = {}

@@ -12,13 +12,11 @@ from typing import Any
 
 import redis
 
+from sjc_service.keyspace import events_key
+
 EVENT_TYPES = ("state", "progress", "preview", "done")
 DEFAULT_MAXLEN = 2000
 FINISHED_STREAM_TTL_S = 7 * 24 * 3600
-
-
-def events_key(job_id: str) -> str:
-    return f"sjc:job:{job_id}:events"
 
 
 def xadd_event(client: Any, job_id: str, event: str, data: dict[str, Any], maxlen: int = DEFAULT_MAXLEN) -> Any:

@@ -14,9 +14,10 @@ from typing import Any
 
 from redis import Redis
 
+from sjc_service.keyspace import API_KEYS_HASH
 from sjc_service.settings import Settings
 
-KEYS_HASH = "sjc:apikeys"
+KEYS_HASH = API_KEYS_HASH
 """Redis hash: sha256 hex digest of a key -> ``"<owner>|<sha256 hex>"`` (the digest again, for the compare)."""
 
 

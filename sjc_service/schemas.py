@@ -1,23 +1,27 @@
-"""The service's data shapes (pydantic): what clients send, what a job record holds.
+"""The service's data shapes (pydantic): what clients send, what a job record holds in Redis.
 
-Shared by api/ (request validation, responses) and worker/ (reads params, writes results);
-imports no torch.
+Shared by api/ (request validation) and worker/ (reads the run spec, writes results); imports no
+torch. What clients get back is :mod:`sjc_service.views`, never the record itself.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sjc_engine.export.formats import MESH_FORMATS
+from sjc_engine.run_spec import OUTPUTS
+from sjc_service.lifecycle import ACTIVE, TERMINAL, JobStatus, Stage
 from sjc_service.validation import check_prompt_text
+from sjc_service.webhooks import WEBHOOK_EVENTS, WebhookEvent
 
-OutputKind = Literal["checkpoint", "video", "mesh", "previews"]
-MeshFormat = Literal["glb", "ply", "obj"]
-ALL_OUTPUTS: list[OutputKind] = ["checkpoint", "video", "mesh", "previews"]
-ALL_MESH_FORMATS: list[MeshFormat] = ["glb", "ply", "obj"]
+OutputKind = Literal[OUTPUTS]  # type: ignore[valid-type]
+MeshFormat = Literal[MESH_FORMATS]  # type: ignore[valid-type]
+ALL_OUTPUTS: list[str] = list(OUTPUTS)
+ALL_MESH_FORMATS: list[str] = list(MESH_FORMATS)
+__all__ = ["ACTIVE", "TERMINAL", "JobStatus", "Stage", "JobCreate", "JobError", "Artifact", "JobRecord"]
 
 
 class JobCreate(BaseModel):
@@ -47,8 +51,18 @@ class JobCreate(BaseModel):
     mesh_threshold: float | None = Field(None, gt=0, le=1000, description="density of the mesh surface")
     video_frames: int | None = Field(None, ge=1, le=360)
     preview_every: int | None = Field(None, ge=0, le=100_000)
-    outputs: list[OutputKind] = Field(default_factory=lambda: list(ALL_OUTPUTS), max_length=4)
-    mesh_formats: list[MeshFormat] = Field(default_factory=lambda: list(ALL_MESH_FORMATS), max_length=3)
+    target_faces: int | None = Field(None, ge=100, le=500_000, description="triangles of the exported mesh")
+    texture_size: int | None = Field(None, ge=64, le=4096, description="side of the mesh's colour texture, pixels")
+    outputs: list[OutputKind] = Field(default_factory=lambda: list(ALL_OUTPUTS), max_length=len(OUTPUTS))
+    mesh_formats: list[MeshFormat] = Field(default_factory=lambda: list(ALL_MESH_FORMATS),
+                                           max_length=len(MESH_FORMATS))
+
+    webhook_url: str | None = Field(None, min_length=8, max_length=2000, description=(
+        "http(s) URL that gets signed POSTs (Standard Webhooks) for the events of webhook_events; "
+        "see GET /v1/webhook-secret"))
+    webhook_events: list[WebhookEvent] = Field(default_factory=lambda: list(WEBHOOK_EVENTS), min_length=1,
+                                               max_length=len(WEBHOOK_EVENTS),
+                                               description="'started' and/or 'completed' (default both)")
 
     @field_validator("prompt")
     @classmethod
@@ -56,29 +70,12 @@ class JobCreate(BaseModel):
         return check_prompt_text(value)
 
 
-class JobStatus(str, Enum):
-    """Life cycle: queued -> running -> succeeded | failed | canceled (running -> queued on a crash)."""
-
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    canceled = "canceled"
-
-    @property
-    def finished(self) -> bool:
-        return self in TERMINAL
-
-
-TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.canceled})
-ACTIVE = frozenset({JobStatus.queued, JobStatus.running})
-
-
 class JobError(BaseModel):
     """Why a job failed: a stable machine-readable ``code`` and a human ``message``.
 
-    Codes: ``invalid_prompt``, ``model_not_found``, ``invalid_params``, ``empty_mesh`` (the field has no
-    surface at the mesh threshold), ``engine_error``, ``time_limit``, ``too_many_attempts``.
+    Codes: ``invalid_prompt``, ``model_not_found``, ``invalid_params`` (the run spec was refused),
+    ``model_load_error`` (the model's files are there but broken), ``engine_error``, ``time_limit``,
+    ``too_many_attempts``.
     """
 
     code: str
@@ -97,12 +94,12 @@ class Artifact(BaseModel):
 
 
 class JobRecord(BaseModel):
-    """A job as stored in Redis and returned by the API.
+    """A job as stored in Redis (clients see :class:`sjc_service.views.JobView`).
 
     Attributes:
-        params: the effective parameters (the request with ``model`` and ``seed`` filled in).
-        stage: finer than status: queued, loading_model, optimizing, exporting, uploading, done,
-            canceled, failed, requeued.
+        owner: the API key owner who created it.
+        spec: the resolved run (:meth:`sjc_engine.run_spec.RunSpec.to_dict`), made once by the API.
+        stage: finer than status (:class:`~sjc_service.lifecycle.Stage`).
         progress: 0-100.
         step, total_steps: optimiser steps done and planned.
         attempt: how many times a worker took the job (1 on the first run).
@@ -114,7 +111,7 @@ class JobRecord(BaseModel):
     id: str
     owner: str
     status: JobStatus = JobStatus.queued
-    stage: str = "queued"
+    stage: Stage = Stage.queued
     progress: float = Field(0.0, ge=0, le=100)
     step: int = 0
     total_steps: int = 0
@@ -122,7 +119,7 @@ class JobRecord(BaseModel):
     resumed_from_step: int | None = None
     eta_s: float | None = None
     error: JobError | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
+    spec: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sjc_engine.run_spec import RunLimits
+
 
 class Settings(BaseSettings):
     """Service settings; each field ``foo`` is read from the environment variable ``SJC_FOO``.
@@ -138,6 +140,11 @@ class Settings(BaseSettings):
                 f"({self.hard_time_limit_s}), or Redis redelivers jobs that are still running (celery issue 3430)"
             )
         return self
+
+    def run_limits(self) -> RunLimits:
+        """What a job's run spec may ask for here: models by name only, steps and prompt capped."""
+        return RunLimits(model_dirs=tuple(self.model_dirs), default_model=self.default_model, allow_paths=False,
+                         max_steps=self.max_steps, max_prompt_chars=self.max_prompt_chars)
 
     def api_key_pairs(self) -> list[tuple[str, str]]:
         """``api_keys`` parsed into ``(owner, key)`` pairs; raises on a malformed entry."""

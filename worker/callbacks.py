@@ -9,19 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from sjc_engine.callbacks import Callbacks, StepReport
+from sjc_service.keyspace import object_key, resume_key
 
 from worker.context import WorkerContext
 from worker.lease import LeaseKeeper
+from worker.outage import best_effort
 
 log = logging.getLogger(__name__)
-
-
-def job_prefix(job_id: str) -> str:
-    return f"jobs/{job_id}/"
-
-
-def resume_key(job_id: str) -> str:
-    return f"jobs/{job_id}/resume/state.pt"
 
 
 def png_bytes(image: Any) -> bytes:
@@ -69,28 +63,37 @@ class JobCallbacks(Callbacks):
         rate = done_here / max(now - self.t0, 1e-6)  # steps per second in this attempt
         eta = (report.total - report.step) / rate if rate > 0 else None
         progress = round(min(99.0, 100.0 * report.step / max(report.total, 1)), 2)
+        eta_s = None if eta is None else round(eta, 1)
+        rec = best_effort(self.ctx.jobs.lifecycle.progress, self.job_id, report.step, report.total, progress, eta_s,
+                          what=f"job {self.job_id}: progress at step {report.step}")
+        if rec is None:  # a step replayed after a resume (at or below the one shown), or the job moved on
+            return
         data = {
-            "step": report.step,
-            "total": report.total,
-            "progress": progress,
+            "step": rec.step,
+            "total": rec.total_steps,
+            "progress": rec.progress,
             "losses": {k: float(v) for k, v in report.losses.items()},
             "sigma": float(report.sigma),
-            "eta_s": None if eta is None else round(eta, 1),
+            "eta_s": eta_s,
             "steps_per_s": round(rate, 3),
         }
-        self.ctx.jobs.update(self.job_id, step=report.step, total_steps=report.total, progress=progress, eta_s=data["eta_s"])
-        self.ctx.events.publish(self.job_id, "progress", data)
+        best_effort(self.ctx.events.publish, self.job_id, "progress", data, what=f"job {self.job_id}: progress event")
 
     def _upload_preview(self, report: StepReport) -> None:
         name = f"previews/step_{report.step:06d}.png"
-        key = job_prefix(self.job_id) + name
+        key = object_key(self.job_id, name)
         try:
             info = self.ctx.store.put_bytes(key, png_bytes(report.preview), "image/png")
         except Exception:  # noqa: BLE001 - a lost preview is not worth failing the job
             log.exception("job %s: preview upload failed", self.job_id)
             return
         self.uploaded[key] = info.size
-        self.ctx.events.publish(self.job_id, "preview", {"step": report.step, "name": name, "key": key})
+        best_effort(self.ctx.events.publish, self.job_id, "preview", {"step": report.step, "name": name, "key": key},
+                    what=f"job {self.job_id}: preview event")
+
+    def on_export(self, steps_done: int) -> None:
+        """The optimiser is done: the job's stage turns to ``exporting``."""
+        best_effort(self.ctx.jobs.lifecycle.export, self.job_id, steps_done, what=f"job {self.job_id}: exporting stage")
 
     # ---- cancel --------------------------------------------------------------------------------
 

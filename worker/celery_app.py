@@ -27,6 +27,7 @@ app.conf.include = ["worker.tasks"]
 
 log = logging.getLogger(__name__)
 _reaper = None
+_sweeper = None  # deletions and retention (sjc_service/retention.py)
 
 
 @worker_process_init.connect
@@ -39,18 +40,28 @@ def _child_threads(**_kwargs) -> None:
 
 @worker_ready.connect
 def _start_reaper(sender=None, **_kwargs) -> None:
-    """Start the crash reaper and heartbeat in the parent process (Redis only, no torch)."""
+    """Start the crash reaper in the parent process (Redis only, no torch) and make sure the bucket exists."""
     global _reaper
     from sjc_service.connections import redis_from_settings
     from sjc_service.jobs import JobStore
+    from sjc_service.store import make_store
 
     from worker.reaper import Reaper
 
     name = getattr(sender, "hostname", None) or "worker"
     jobs = JobStore(redis_from_settings(settings), events_maxlen=settings.events_maxlen)
-    _reaper = Reaper(jobs, lambda job_id: enqueue_job(app, job_id), name,
+    _reaper = Reaper(jobs, lambda job_id: enqueue_job(app, job_id),
                      interval=settings.reaper_interval_s, grace_s=settings.lease_ttl_s)
     _reaper.start()
+    global _sweeper
+    from sjc_service.retention import Sweeper
+
+    _sweeper = Sweeper(jobs, make_store(settings), settings)
+    _sweeper.start()
+    try:
+        make_store(settings).ensure_bucket()  # the artifacts' bucket (or folder), created if missing
+    except Exception as exc:  # noqa: BLE001 - uploads will fail loudly; the worker still starts
+        log.warning("object store unavailable at start-up: %s", exc)
     log.info("sjc worker %s ready (queue %s)", name, settings.queue_name)
 
 
@@ -58,3 +69,5 @@ def _start_reaper(sender=None, **_kwargs) -> None:
 def _stop_reaper(**_kwargs) -> None:
     if _reaper is not None:
         _reaper.stop()
+    if _sweeper is not None:
+        _sweeper.stop()

@@ -38,14 +38,14 @@ class LeaseKeeper(threading.Thread):
         while not self._done.wait(self.interval):
             try:
                 if time.monotonic() - last_renew >= self.renew_every:
-                    if not self.jobs.renew_lease(self.job_id, self.worker_id, self.ttl):
+                    if not self.jobs.leases.renew(self.job_id, self.worker_id, self.ttl):
                         # expired without a new holder: take it back; held by another worker: we lost it
-                        if not self.jobs.acquire_lease(self.job_id, self.worker_id, self.ttl):
-                            log.warning("job %s: lease taken by %s; stopping", self.job_id, self.jobs.lease_owner(self.job_id))
+                        if not self.jobs.leases.acquire(self.job_id, self.worker_id, self.ttl):
+                            log.warning("job %s: lease taken by %s; stopping", self.job_id, self.jobs.leases.holder(self.job_id))
                             self.lost.set()
                             return
                     last_renew = time.monotonic()
-                if self.jobs.cancel_requested(self.job_id):
+                if self.jobs.records.cancel_requested(self.job_id):
                     self.cancel.set()
             except Exception:  # noqa: BLE001 - a Redis blip must not kill the job; retry next tick
                 log.exception("job %s: lease/cancel check failed", self.job_id)

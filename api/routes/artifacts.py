@@ -13,11 +13,13 @@ from pydantic import BaseModel
 from api.deps import CurrentOwner, ServicesDep
 from api.ownership import owned_job
 from api.problems import problem_responses
+from sjc_service.keyspace import job_prefix
 from sjc_service.schemas import Artifact, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["artifacts"])
 HIDDEN_PREFIXES = ("resume/",)
-KINDS = {"field.pt": "checkpoint", "turntable.mp4": "video", "manifest.json": "manifest", "config.json": "config"}
+KINDS = {"field.pt": "checkpoint", "turntable.mp4": "video", "manifest.json": "manifest", "config.json": "config",
+         "thumbnail.png": "thumbnail"}
 
 
 class ArtifactOut(Artifact):
@@ -40,11 +42,13 @@ def kind_of(name: str) -> str:
     return "mesh" if name.startswith("mesh.") else "other"
 
 
-@router.get("/{job_id}/artifacts", response_model=ArtifactList, responses=problem_responses(401, 404))
+@router.get("/{job_id}/artifacts", response_model=ArtifactList, responses=problem_responses(401, 404, 503))
 def list_artifacts(job_id: str, services: ServicesDep, owner: CurrentOwner) -> ArtifactList:
-    """Download links (valid ``expires_in_s`` seconds) for the checkpoint, video, meshes, previews and manifest."""
+    """Download links (valid ``expires_in_s`` seconds) for the checkpoint, video, meshes, previews and manifest.
+
+    503 with ``Retry-After`` while the object store is unreachable."""
     record = owned_job(services.jobs, job_id, owner)
-    prefix = f"jobs/{record.id}/"
+    prefix = job_prefix(record.id)
     expiry = services.settings.url_expiry_s
     sha = {a.key: a.sha256 for a in record.artifacts}
     items: list[ArtifactOut] = []

@@ -25,6 +25,7 @@ from api.problems import field_error, problem_responses
 from api.services import Services
 from sjc_service.schemas import TERMINAL
 from sjc_service.validation import EVENT_ID_PATTERN, check_event_id
+from sjc_service.views import job_view
 
 router = APIRouter(prefix="/jobs", tags=["events"])
 # declared in the OpenAPI document; checked in the route, so the 422 names the header as clients spell it
@@ -70,7 +71,7 @@ async def event_lines(services: Services, job_id: str, last_id: str) -> AsyncIte
             if record is None:
                 return
             if record.status in TERMINAL and not await call(services.events.read, job_id, last_id):
-                yield format_event(None, "done", record.model_dump(mode="json"))
+                yield format_event(None, "done", job_view(record).model_dump(mode="json"))
                 return
             if time.monotonic() - last_sent >= heartbeat:
                 yield f": heartbeat {int(time.time())}\n\n"

@@ -8,13 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from api.deps import CurrentOwner, JobStoreDep, ServicesDep
-from api.job_params import effective_params, request_hash
+from api.job_params import request_hash, resolve_job
 from api.job_views import JobOut, JobPage, to_view
 from api.ownership import owned_job
 from api.problems import Problem, field_error, problem_responses
-from sjc_service.jobs import ActiveJobLimit, IdempotencyConflict, idem_key
+from api.routes.webhooks import check_webhook, register_webhook
+from sjc_service.idempotency import IdempotencyConflict, release
+from sjc_service.jobs import ActiveJobLimit
 from sjc_service.queue import enqueue_job
-from sjc_service.schemas import TERMINAL, JobCreate, JobStatus
+from sjc_service.schemas import JobCreate, JobStatus
 from sjc_service.validation import IDEMPOTENCY_KEY_PATTERN
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -36,9 +38,10 @@ def create_job(
     """Queue a text-to-3D job. The same ``Idempotency-Key`` with the same body returns the same job;
     with a different body it is a 422 (draft-ietf-httpapi-idempotency-key-header, section 2.7)."""
     settings, jobs = services.settings, services.jobs
-    params = effective_params(body, settings)
+    spec = resolve_job(body, settings)
+    check_webhook(body, services)
     try:
-        record, created = jobs.create(owner, params, idempotency_key, request_hash(body),
+        record, created = jobs.create(owner, spec.to_dict(), idempotency_key, request_hash(body),
                                       idempotency_ttl_s=settings.idempotency_ttl_s,
                                       max_active=settings.max_active_jobs_per_key)
     except ActiveJobLimit as exc:
@@ -52,12 +55,13 @@ def create_job(
                       slug="idempotency-key-reused", title="Idempotency key reused", job_id=exc.job_id) from None
     if created:
         try:
+            register_webhook(services, owner, record.id, body)
             enqueue_job(services.celery, record.id)
         except Exception as exc:  # broker down: leave nothing behind, so a retry starts clean
             log.exception("could not enqueue job %s", record.id)
             jobs.delete(record.id)
             if idempotency_key is not None:
-                services.redis.delete(idem_key(owner, idempotency_key))
+                release(services.redis, owner, idempotency_key)
             raise Problem(503, "The job queue is unavailable; try again shortly.", slug="queue-unavailable",
                           headers={"Retry-After": "5"}) from exc
     else:
@@ -90,11 +94,12 @@ def get_job(job_id: str, jobs: JobStoreDep, owner: CurrentOwner) -> JobOut:
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=PROBLEMS)
 def cancel_job(job_id: str, jobs: JobStoreDep, owner: CurrentOwner) -> JobOut:
-    """Cancel: a queued job is canceled at once; a running one stops at its worker's next check."""
+    """Cancel: a queued job is canceled at once; a running one stops at its worker's next check;
+    a finished one (canceled included) is a 409."""
     record = owned_job(jobs, job_id, owner)
-    if record.status not in TERMINAL:
-        record = jobs.request_cancel(job_id) or record
-    if record.status in TERMINAL and not (record.status == JobStatus.canceled and record.cancel_requested):
+    changed, accepted = jobs.lifecycle.request_cancel(job_id)
+    record = changed or record
+    if not accepted:
         raise Problem(409, f"Job {job_id} has already finished ({record.status.value}).", slug="job-finished",
                       title="Job already finished", job_id=job_id, status_now=record.status.value)
     return to_view(record, jobs)

@@ -62,3 +62,26 @@ def client(api_settings) -> Iterator[TestClient]:
 def services(client: TestClient):
     """The app's clients (JobStore, EventStream, store...), to play the worker's part."""
     return client.app.state.services
+
+
+TEST_WORKER = "test-worker:1"
+
+
+def start_job(jobs, job_id: str):
+    """What a worker does when it takes a job: hold its lease, start it, load the model (stage optimizing)."""
+    from sjc_service.schemas import JobStatus
+
+    assert jobs.leases.acquire(job_id, TEST_WORKER, 600)
+    rec = jobs.lifecycle.start(job_id, max_attempts=3)
+    assert rec is not None and rec.status == JobStatus.running, rec
+    return jobs.lifecycle.optimize(job_id, rec.total_steps, None)
+
+
+def finish_job(jobs, job_id: str, artifacts=(), warnings=()):
+    """What a worker does after its last step: export, upload, succeed, release the lease."""
+    rec = jobs.get(job_id)
+    assert jobs.lifecycle.export(job_id, rec.total_steps) is not None
+    assert jobs.lifecycle.upload(job_id) is not None
+    done = jobs.lifecycle.succeed(job_id, list(artifacts), list(warnings))
+    jobs.leases.release(job_id, TEST_WORKER)
+    return done

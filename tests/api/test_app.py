@@ -66,3 +66,17 @@ def test_models_lists_the_model_folders(client):
     assert by_name["toy"]["default"] is True and by_name["toy"]["vocabulary"]["shapes"] == ["cube", "sphere", "torus"]
     assert by_name["wide"]["vocabulary"] is None and by_name["wide"]["default"] is False
     assert client.get("/v1/models").status_code == 401
+
+
+def test_the_api_creates_its_bucket_at_start_up(api_settings):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from tests.fixtures.service import wait_until
+
+    fresh = api_settings.model_copy(update={"s3_bucket": f"fresh-{free_port()}"})
+    with TestClient(create_app(fresh)) as c:
+        store = c.app.state.services.store
+        wait_until(lambda: c.get("/readyz").status_code == 200, 30, interval=0.2, what="the new bucket")
+        store.put_bytes("jobs/j1/a.txt", b"hi", "text/plain")
+        assert store.get_bytes("jobs/j1/a.txt") == b"hi"

@@ -6,8 +6,7 @@ import json
 import threading
 import time
 
-from sjc_service.schemas import JobStatus
-from tests.api.conftest import auth
+from tests.api.conftest import auth, finish_job, start_job
 
 
 def parse_sse(text: str) -> tuple[list[dict], int]:
@@ -24,10 +23,10 @@ def parse_sse(text: str) -> tuple[list[dict], int]:
 
 def run_job(services, job_id: str, steps: int = 3) -> None:
     """What a worker does: running, progress events, succeeded."""
-    services.jobs.transition(job_id, {JobStatus.queued}, JobStatus.running, stage="optimizing", attempt=1)
+    start_job(services.jobs, job_id)
     for step in range(1, steps + 1):
         services.events.publish(job_id, "progress", {"step": step, "total": steps, "progress": 100 * step / steps})
-    services.jobs.transition(job_id, {JobStatus.running}, JobStatus.succeeded, progress=100.0, step=steps)
+    finish_job(services.jobs, job_id)
 
 
 def test_events_stream_ends_after_done_and_resumes_from_last_event_id(client, services):
@@ -57,7 +56,7 @@ def test_idle_stream_gets_heartbeats_until_the_job_ends(client, services):
 
     def cancel_later() -> None:
         time.sleep(1.2)  # heartbeats every 0.3 s in these tests
-        services.jobs.request_cancel(job_id)
+        services.jobs.lifecycle.request_cancel(job_id)
 
     threading.Thread(target=cancel_later, daemon=True).start()
     t0 = time.monotonic()

@@ -10,8 +10,7 @@ import pytest
 
 from sjc_service.events import EventStream
 from sjc_service.jobs import JobStore
-from sjc_service.schemas import JobStatus
-from tests.api.conftest import auth
+from tests.api.conftest import auth, finish_job, start_job
 from tests.fixtures.service import start_api
 
 
@@ -47,18 +46,18 @@ def test_live_stream_and_resume_over_http(live_api, redis_client):
     jobs, events = JobStore(redis_client), EventStream(redis_client)
     base = live_api.url
     job_id = httpx.post(base + "/v1/jobs", json={"prompt": "a red cube"}, headers=auth()).json()["id"]
-    jobs.transition(job_id, {JobStatus.queued}, JobStatus.running, stage="optimizing")
+    start_job(jobs, job_id)
     with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", headers=auth(), timeout=10) as r:
         lines = r.iter_lines()
-        first = read_events(lines, 2)  # the two state events so far
-        assert [e for _, e in first] == ["state", "state"]
+        first = read_events(lines, 3)  # the three state events so far
+        assert [e for _, e in first] == ["state", "state", "state"]  # queued, loading_model, optimizing
         events.publish(job_id, "progress", {"step": 1, "total": 2})  # published while connected
         assert read_events(lines, 1)[0][1] == "progress"
         last_seen = first[-1][0]
     events.publish(job_id, "progress", {"step": 2, "total": 2})  # missed while disconnected
-    jobs.transition(job_id, {JobStatus.running}, JobStatus.succeeded)
+    finish_job(jobs, job_id)
     with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", timeout=10,
                       headers={**auth(), "Last-Event-ID": last_seen}) as r:
         rest = read_events(r.iter_lines(), 10)
-    assert [e for _, e in rest] == ["progress", "progress", "state", "done"]
+    assert [e for _, e in rest] == ["progress", "progress", "state", "state", "state", "done"]  # exporting, uploading, succeeded
     assert httpx.get(base + "/readyz").status_code == 200

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sjc_service.schemas import JobStatus
-from tests.api.conftest import auth
+from sjc_service.keyspace import lease_key
+from tests.api.conftest import auth, finish_job, start_job
 
 BODY = {"prompt": "a red cube", "steps": 20}
 
@@ -34,7 +34,8 @@ def test_active_job_cap_is_429_with_retry_after(client, services):
     r = client.post("/v1/jobs", json=BODY, headers=auth())
     assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
     assert r.headers["content-type"] == "application/problem+json" and r.json()["limit"] == 3
-    assert create(client, "bob")["owner"] == "bob"  # the cap is per key
+    other = create(client, "bob")  # the cap is per key
+    assert "owner" not in other and "cancel_requested" not in other and "spec" not in other  # storage stays inside
     assert client.post(f"/v1/jobs/{jobs[0]['id']}/cancel", headers=auth()).status_code == 202
     assert create(client)["status"] == "queued"  # a slot was freed
 
@@ -52,7 +53,7 @@ def test_one_key_cannot_see_or_cancel_another_keys_jobs(client):
 def test_list_newest_first_with_cursor_pages_and_status_filter(client, services, api_settings):
     services.settings = api_settings.model_copy(update={"max_active_jobs_per_key": 50})
     ids = [create(client, seed=i)["id"] for i in range(7)]
-    services.jobs.transition(ids[2], {JobStatus.queued}, JobStatus.running)
+    start_job(services.jobs, ids[2])
     seen, cursor = [], None
     while True:
         r = client.get("/v1/jobs", params={"limit": 3, **({"cursor": cursor} if cursor else {})}, headers=auth())
@@ -74,13 +75,28 @@ def test_cancel_rules(client, services):
     queued, running, done = create(client)["id"], create(client)["id"], create(client)["id"]
     r = client.post(f"/v1/jobs/{queued}/cancel", headers=auth())
     assert r.status_code == 202 and r.json()["status"] == "canceled" and r.json()["finished_at"]
-    assert services.jobs.queue_position(queued) is None  # the worker will skip it
-    services.jobs.transition(running, {JobStatus.queued}, JobStatus.running, started_at=None)
+    assert services.jobs.indexes.queue_position(queued) is None  # the worker will skip it
+    r = client.post(f"/v1/jobs/{queued}/cancel", headers=auth())  # canceled is finished: 409, as documented
+    assert r.status_code == 409 and r.json()["status_now"] == "canceled"
+    start_job(services.jobs, running)
     r = client.post(f"/v1/jobs/{running}/cancel", headers=auth())
-    assert r.status_code == 202 and r.json()["status"] == "running" and r.json()["cancel_requested"] is True
-    assert services.jobs.cancel_requested(running)
-    services.jobs.transition(done, {JobStatus.queued}, JobStatus.running)
-    services.jobs.transition(done, {JobStatus.running}, JobStatus.succeeded, progress=100.0)
+    assert r.status_code == 202 and r.json()["status"] == "running"
+    assert services.jobs.records.cancel_requested(running)
+    assert client.post(f"/v1/jobs/{running}/cancel", headers=auth()).status_code == 202  # still running: accepted
+    start_job(services.jobs, done)
+    finish_job(services.jobs, done)
     r = client.post(f"/v1/jobs/{done}/cancel", headers=auth())
     assert r.status_code == 409 and r.json()["status_now"] == "succeeded"
     assert client.post("/v1/jobs/000000nope/cancel", headers=auth()).status_code == 404
+
+
+def test_a_running_job_whose_worker_died_shows_requeueing(client, services):
+    job = create(client)["id"]
+    start_job(services.jobs, job)
+    services.jobs.lifecycle.progress(job, 5, 20, 25.0, 9.0)
+    got = client.get(f"/v1/jobs/{job}", headers=auth()).json()
+    assert (got["status"], got["stage"], got["step"], got["eta_s"]) == ("running", "optimizing", 5, 9.0)
+    services.redis.delete(lease_key(job))  # the lease lapsed: its worker is gone, no reaper came yet
+    got = client.get(f"/v1/jobs/{job}", headers=auth()).json()
+    assert (got["status"], got["stage"], got["eta_s"], got["queue_position"]) == ("queued", "requeueing", None, None)
+    assert services.jobs.get(job).status == "running"  # shown, not stored: the reaper requeues it

@@ -10,8 +10,10 @@ from datetime import timedelta
 
 import pytest
 
+from sjc_engine.run_spec import resolve_run
 from sjc_service.events import EventStream
-from sjc_service.jobs import utcnow
+from sjc_service.keyspace import job_key
+from sjc_service.lifecycle import Stage, utcnow
 from sjc_service.schemas import JobStatus
 from tests.fixtures.service import wait_until
 from worker.context import WorkerContext
@@ -25,11 +27,18 @@ def ctx(service_settings) -> WorkerContext:
 
 
 def _params(service_model, **kw):
+    """The run spec the API would store for this request."""
     p = {"prompt": "a red sphere", "model": service_model.name, "seed": 1, "steps": 6, "grid_size": 12,
          "render_size": 16, "video_frames": 2, "preview_every": 3,
          "mesh_threshold": service_model.short_run_mesh_threshold}
     p.update(kw)
-    return p
+    return resolve_run(p, _limits(service_model)).to_dict()
+
+
+def _limits(service_model):
+    from sjc_engine.run_spec import RunLimits
+
+    return RunLimits(model_dirs=tuple(service_model.model_dirs))
 
 
 def test_job_succeeds_with_files_manifest_and_ordered_events(ctx, service_model):
@@ -39,7 +48,7 @@ def test_job_succeeds_with_files_manifest_and_ordered_events(ctx, service_model)
     assert run_job(rec.id, ctx) == "succeeded"
     done = ctx.jobs.get(rec.id)
     assert done.status == JobStatus.succeeded and done.progress == 100.0 and done.step == 6
-    assert done.attempt == 1 and done.finished_at is not None and not ctx.jobs.lease_alive(rec.id)
+    assert done.attempt == 1 and done.finished_at is not None and not ctx.jobs.leases.alive(rec.id)
     names = {a.name: a for a in done.artifacts}
     for name in ("field.pt", "turntable.mp4", "mesh.glb", "mesh.ply", "mesh.obj", "config.json", "manifest.json",
                  "previews/step_000003.png", "previews/step_000006.png"):
@@ -59,7 +68,7 @@ def test_job_succeeds_with_files_manifest_and_ordered_events(ctx, service_model)
     kinds = [e for _, e, _ in events]
     assert kinds[0] == "state" and kinds[-1] == "done" and kinds.count("done") == 1
     stages = [d["stage"] for _, e, d in events if e == "state"]
-    assert stages[:3] == ["queued", "loading_model", "optimizing"] and stages[-1] == "done"
+    assert stages == ["queued", "loading_model", "optimizing", "exporting", "uploading", "done"]
     assert [d["status"] for _, e, d in events if e == "state"][-1] == "succeeded"
     steps = [d["step"] for _, e, d in events if e == "progress"]
     assert steps[0] == 1 and steps[-1] == 6 and steps == sorted(steps)
@@ -72,27 +81,33 @@ def test_job_succeeds_with_files_manifest_and_ordered_events(ctx, service_model)
     assert ctx.jobs.get(rec.id).attempt == 1
 
 
-def test_bad_prompt_and_missing_model_fail_with_codes(ctx, service_model):
-    bad, _ = ctx.jobs.create("alice", _params(service_model, prompt="a purple dodecahedron"))
-    assert run_job(bad.id, ctx) == "failed"
-    assert ctx.jobs.get(bad.id).error.code == "invalid_prompt"
-    missing, _ = ctx.jobs.create("alice", _params(service_model, model="no-such-model"))
+def test_refused_specs_and_missing_model_fail_with_codes(ctx, service_model):
+    """The worker refuses what the API would: a model path, an unknown setting; a model it lacks."""
+    good = _params(service_model)
+    path, _ = ctx.jobs.create("alice", {**good, "model": "/srv/models/elsewhere"})
+    assert run_job(path.id, ctx) == "failed"
+    assert ctx.jobs.get(path.id).error.code == "model_not_found"
+    odd, _ = ctx.jobs.create("alice", {**good, "settings": {**good["settings"], "warp_drive": 9}})
+    assert run_job(odd.id, ctx) == "failed"
+    err = ctx.jobs.get(odd.id).error
+    assert err.code == "invalid_params" and "warp_drive" in err.message
+    missing, _ = ctx.jobs.create("alice", {**good, "model": "no-such-model"})
     assert run_job(missing.id, ctx) == "failed"
     err = ctx.jobs.get(missing.id).error
-    assert err.code == "model_not_found" and "no-such-model" in err.message
-    assert not ctx.jobs.lease_alive(bad.id)
+    assert err.code == "model_not_found" and "no-such-model" in err.message and "/" not in err.message
+    assert not ctx.jobs.leases.alive(path.id)
 
 
 def test_skips_job_leased_by_another_worker(ctx, service_model):
     rec, _ = ctx.jobs.create("alice", _params(service_model))
-    assert ctx.jobs.acquire_lease(rec.id, "other-host:9", ttl=30)
+    assert ctx.jobs.leases.acquire(rec.id, "other-host:9", ttl=30)
     assert run_job(rec.id, ctx).startswith("skipped: running on other-host:9")
     assert ctx.jobs.get(rec.id).status == JobStatus.queued
 
 
 def test_gives_up_after_max_attempts(ctx, service_model):
     rec, _ = ctx.jobs.create("alice", _params(service_model))
-    ctx.jobs.transition(rec.id, {"queued"}, "running", attempt=ctx.settings.max_attempts)  # crashed each time
+    ctx.jobs.records.apply(rec.id, lambda r: {"attempt": ctx.settings.max_attempts})  # crashed each time
     assert run_job(rec.id, ctx) == "skipped: failed"
     done = ctx.jobs.get(rec.id)
     assert done.status == JobStatus.failed and done.error.code == "too_many_attempts"
@@ -107,7 +122,7 @@ def test_cancel_running_keeps_state_then_resume_finishes(ctx, service_model):
     t.start()
     wait_until(lambda: (ctx.jobs.get(rec.id).step or 0) >= 8, 60, what="8 steps")
     t_cancel = time.monotonic()
-    ctx.jobs.request_cancel(rec.id)
+    ctx.jobs.lifecycle.request_cancel(rec.id)
     t.join(30)
     assert out["r"] == "canceled" and time.monotonic() - t_cancel < 5
     canceled = ctx.jobs.get(rec.id)
@@ -118,8 +133,9 @@ def test_cancel_running_keeps_state_then_resume_finishes(ctx, service_model):
 
     # simulate a crashed worker: running, attempt 1, no lease; make the run short
     stopped_at = canceled.step
-    ctx.jobs.transition_with(rec.id, None, lambda r: {
-        "status": "running", "cancel_requested": False, "params": {**r.params, "steps": stopped_at + 3}})
+    ctx.jobs.records.apply(rec.id, lambda r: {
+        "status": "running", "stage": Stage.optimizing, "cancel_requested": False, "finished_at": None,
+        "spec": {**r.spec, "settings": {**r.spec["settings"], "steps": stopped_at + 3}}})
     assert run_job(rec.id, ctx) == "succeeded"
     done = ctx.jobs.get(rec.id)
     assert done.resumed_from_step == stopped_at and done.step == stopped_at + 3 and done.attempt == 2
@@ -129,21 +145,21 @@ def test_cancel_running_keeps_state_then_resume_finishes(ctx, service_model):
 
 def test_reaper_requeues_running_job_with_dead_lease(ctx, service_model):
     rec, _ = ctx.jobs.create("alice", _params(service_model))
-    ctx.jobs.transition(rec.id, {"queued"}, "running", attempt=1)
+    ctx.jobs.lifecycle.start(rec.id, max_attempts=3)  # its worker died without a trace
     alive, _ = ctx.jobs.create("alice", _params(service_model))
-    ctx.jobs.transition(alive.id, {"queued"}, "running", attempt=1)
-    ctx.jobs.acquire_lease(alive.id, "w-alive", ttl=30)
+    ctx.jobs.leases.acquire(alive.id, "w-alive", ttl=30)
+    ctx.jobs.lifecycle.start(alive.id, max_attempts=3)
     sent: list[str] = []
     assert reap_expired(ctx.jobs, sent.append, grace_s=60) == []  # updated just now: within the grace
     # age both records past the grace period
     old = utcnow() - timedelta(seconds=120)
     for job_id in (rec.id, alive.id):
-        ctx.jobs.redis.hset(f"sjc:job:{job_id}", "updated_at", json.dumps(old.isoformat()))
+        ctx.jobs.redis.hset(job_key(job_id), "updated_at", json.dumps(old.isoformat()))
     assert reap_expired(ctx.jobs, sent.append, grace_s=60) == [rec.id]
     assert sent == [rec.id]
     requeued = ctx.jobs.get(rec.id)
     assert requeued.status == JobStatus.queued and requeued.stage == "requeued" and requeued.attempt == 1
-    assert ctx.jobs.queue_position(rec.id) == 0
+    assert ctx.jobs.indexes.queue_position(rec.id) == 0
     assert ctx.jobs.get(alive.id).status == JobStatus.running
 
 
