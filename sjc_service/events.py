@@ -57,11 +57,3 @@ class EventStream:
             for entry_id, fields in entries:
                 out.append((str(entry_id), fields["event"], json.loads(fields["data"])))
         return out
-
-    def last_id(self, job_id: str) -> str | None:
-        """Id of the newest event, or ``None`` when the job has none."""
-        entries = self.redis.xrevrange(events_key(job_id), count=1)
-        return str(entries[0][0]) if entries else None
-
-    def delete(self, job_id: str) -> None:
-        self.redis.delete(events_key(job_id))

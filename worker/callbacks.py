@@ -46,7 +46,6 @@ class JobCallbacks(Callbacks):
         self.last_publish = float("-inf")
         self.last_step = start_step
         self.uploaded: dict[str, int] = {}  # object key -> size, of previews uploaded during the run
-        self.checkpoint_step: int | None = None
 
     # ---- progress ------------------------------------------------------------------------------
 
@@ -110,5 +109,4 @@ class JobCallbacks(Callbacks):
 
         path = save_checkpoint(state, self.work_dir / "resume" / "state.pt")
         self.ctx.store.put_file(resume_key(self.job_id), path, "application/octet-stream")
-        self.checkpoint_step = step
         log.info("job %s: resumable state at step %d uploaded", self.job_id, step)
