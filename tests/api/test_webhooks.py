@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from sjc_service.events import xadd_event
 from tests.api.conftest import auth
-from tests.fixtures.service import ServiceProcess, _spawn, wait_until
+from tests.fixtures.service import API_KEYS, ServiceProcess, _spawn, wait_until
 from tests.service.webhook_receiver import Receiver
 
 FAST = {"SJC_WEBHOOK_ALLOW_PRIVATE_TARGETS": "1", "SJC_WEBHOOK_BACKOFF_S": "0.5", "SJC_WEBHOOK_WATCH_INTERVAL_S": "0.1"}
@@ -106,3 +106,32 @@ def test_unknown_webhook_event_is_refused(client):
     r = client.post("/v1/jobs", json={"prompt": "a red cube", "webhook_url": "http://example.com/h",
                                       "webhook_events": ["exploded"]}, headers=auth())
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "webhook_events.0"
+
+
+@pytest.fixture
+def service_env(service_env):
+    """The service processes' environment with loopback webhook targets and short backoffs."""
+    return {**service_env, **FAST}
+
+
+@pytest.mark.slow
+def test_a_real_run_sends_started_then_completed(api_server, worker_process, webhook_worker):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {API_KEYS['alice']}"}
+    secret = httpx.get(api_server.url + "/v1/webhook-secret", headers=headers).json()["secret"]
+    receiver = Receiver(secret=secret).start()
+    try:
+        body = {"prompt": "a red cube", "steps": 4, "grid_size": 12, "video_frames": 2, "preview_every": 2,
+                "outputs": ["checkpoint", "video"], "webhook_url": receiver.url}
+        r = httpx.post(api_server.url + "/v1/jobs", json=body, headers=headers)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        wait_until(lambda: len(receiver.accepted()) == 2, 240, interval=0.2, what="started and completed")
+        assert [x.body["type"] for x in receiver.accepted()] == ["job.started", "job.completed"]
+        assert all(x.verified for x in receiver.requests)
+        done = receiver.accepted()[1].body["data"]
+        assert done["id"] == job_id and done["status"] == "succeeded"
+        assert httpx.get(f"{api_server.url}/v1/jobs/{job_id}", headers=headers).json()["status"] == "succeeded"
+    finally:
+        receiver.stop()

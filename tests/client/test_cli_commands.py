@@ -34,8 +34,9 @@ def test_every_generate_flag_names_its_default():
 def test_submit_takes_generates_flag_names_for_the_same_settings():
     from sjc_engine.cli import build_parser
 
-    sjc = subcommands(build_parser())
-    generate, submit = sjc["generate"], sjc["submit"]
+    generate = subcommands(build_parser())["generate"]
+    client = subcommands(cli.build_parser())
+    submit = client["submit"]
     for flags, opts in cli.RUN_FLAGS:
         for flag in flags:
             assert flag in generate._option_string_actions, flag
@@ -43,11 +44,11 @@ def test_submit_takes_generates_flag_names_for_the_same_settings():
     for action in submit._actions:  # every submit flag says its default too
         if action.dest not in ("help", "prompt"):
             assert "default" in (action.help or ""), action.option_strings
-    assert {"status", "cancel", "list", "download", "delete", "submit", "usage"} <= set(sjc)
+    assert {"status", "cancel", "list", "download", "delete", "submit", "usage"} <= set(client)
 
 
 def test_sjc_version():
-    for module in ("sjc_engine.cli", "sjc_client"):
+    for module in ("sjc_cli", "sjc_client"):  # sjc_cli: the ``sjc`` command
         proc = subprocess.run([sys.executable, "-m", module, "--version"], cwd=ROOT, capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode == 0 and proc.stdout.strip().endswith("0.1.0"), proc.stdout + proc.stderr

@@ -1,4 +1,4 @@
-"""``sjc submit --wait`` (the engine's ``sjc`` command) against the real stack: redis-server, moto S3, a Celery worker and the API.
+"""``sjc submit --wait`` (the ``sjc`` command, :mod:`sjc_cli`) against the real stack: redis-server, moto S3, a Celery worker and the API.
 
 The client runs as its own process, exactly as a user runs it; the files it downloads are checked
 against the job's manifest (sha256) and opened as what they claim to be.
@@ -21,7 +21,7 @@ KEY = API_KEYS["alice"]
 
 
 def run_cli(*args: str, module: str = "sjc_client", timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m sjc_client ...`` or, with ``module="sjc_engine.cli"``, the ``sjc`` command itself."""
+    """``python -m sjc_client ...`` or, with ``module="sjc_cli"``, the ``sjc`` command itself."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SJC_")}
     env.update({"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
@@ -32,7 +32,7 @@ def test_submit_wait_downloads_verified_artifacts(api_server, worker_process, tm
     out = tmp_path / "red-cube"
     proc = run_cli("submit", "a red cube", "--wait", "--out", str(out), "--server", api_server.url,
                    "--api-key", KEY, "--steps", "4", "--grid-size", "12", "--seed", "3",
-                   "--param", "video_frames=4", "--param", "preview_every=2", module="sjc_engine.cli")
+                   "--param", "video_frames=4", "--param", "preview_every=2", module="sjc_cli")
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}\nAPI log:\n{api_server.log()}" \
                                  f"\nworker log:\n{worker_process.log()}"
     assert "succeeded" in proc.stdout and str(out.resolve()) in proc.stdout
