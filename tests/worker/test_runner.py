@@ -172,3 +172,23 @@ def test_empty_mesh_is_a_warning_not_a_failure(ctx, service_model):
     assert "field.pt" in names and not any(n.startswith("mesh.") for n in names)
     manifest = json.loads(ctx.store.get_bytes(f"jobs/{rec.id}/manifest.json"))
     assert manifest["warnings"] == done.warnings
+
+
+def test_a_broken_model_fails_with_model_load_error_and_no_server_path(ctx, tmp_path):
+    import shutil
+
+    from sjc_engine.catalog import EMBEDDED_DIR
+    from worker.context import WorkerContext
+
+    root = tmp_path / "models"
+    shutil.copytree(EMBEDDED_DIR, root / "broken")
+    weights = root / "broken" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    settings = ctx.settings.model_copy(update={"model_dirs": [str(root)]})
+    broken_ctx = WorkerContext.from_settings(settings, worker_id="test-host:2")
+    spec = resolve_run({"prompt": "a red sphere", "model": "broken", "steps": 2}, settings.run_limits()).to_dict()
+    rec, _ = broken_ctx.jobs.create("alice", spec)
+    assert run_job(rec.id, broken_ctx) == "failed"
+    err = broken_ctx.jobs.get(rec.id).error
+    assert err.code == "model_load_error" and "broken" in err.message, err
+    assert str(tmp_path) not in err.message and "unet/diffusion_pytorch_model.safetensors" in err.message
