@@ -60,7 +60,7 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--steps", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--guidance", type=float, dest="guidance_scale")
-    p.add_argument("--grid", type=int, dest="grid_size")
+    p.add_argument("--grid", "--grid-size", type=int, dest="grid_size")
     p.add_argument("--render-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--n-noise", type=int)
@@ -84,7 +84,44 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--display-size", type=int, help="height of the turntable video and thumbnail in pixels (default 256)")
     p.add_argument("--resume", type=Path, help="a resume/state.pt written by an earlier run (default: start fresh)")
     p.add_argument("--threads", type=int, help="torch threads (default: SJC_THREADS, else every usable core)")
+    _describe_flags(p)
     p.set_defaults(func=cmd_generate)
+
+
+# what each generate flag without its own help sets; the default is added from SJCConfig
+FLAG_HELP = {
+    "prompt": "the text prompt, e.g. \"a red cube\"", "steps": "optimiser steps", "seed": "random seed",
+    "guidance_scale": "classifier-free guidance scale", "grid_size": "voxels per side of the field",
+    "render_size": "rendered view size in pixels", "lr": "learning rate of the voxel grids",
+    "n_noise": "noise samples per score estimate (PAAS)", "sigma_schedule": "noise level per step",
+    "sigma_min": "smallest noise level", "sigma_max": "largest noise level",
+    "emptiness_weight": "weight of the emptiness loss", "center_depth_weight": "weight of the center-depth loss",
+    "preview_every": "steps between preview images (0: none)", "checkpoint_every": "steps between resumable states",
+    "video_frames": "frames of the turntable video", "device": "where to run",
+    "outputs": "what to write (default: all of them)", "out": "output folder (required)",
+}
+
+
+def _describe_flags(parser: argparse.ArgumentParser) -> None:
+    """Give every flag of ``parser`` a help text that names its default (the model's, else SJCConfig's)."""
+    import dataclasses
+
+    from sjc_engine.config import SJCConfig
+
+    reference = {f.name: f.default for f in dataclasses.fields(SJCConfig)}
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        text = action.help or FLAG_HELP.get(action.dest, action.dest.replace("_", " "))
+        if "default" in text or action.dest == "prompt":
+            pass
+        elif action.dest == "model" or action.dest not in reference:
+            text += f" (default: {action.default if action.default not in (None, []) else 'none'})"
+        elif reference[action.dest] is not None:
+            text += f" (default: the model's recommendation, else {reference[action.dest]})"
+        else:
+            text += " (default: the model's recommendation, else chosen from the schedule)"
+        action.help = text
 
 
 def _add_sample2d(sub: Any) -> None:
@@ -171,16 +208,20 @@ def cmd_sample2d(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sjc", description="Text to 3D by Score Jacobian Chaining")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_sample2d(sub)
-    try:
-        from sjc_client.cli import add_submit_parser
-    except ImportError:
-        pass
-    else:
-        add_submit_parser(sub)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sjc")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
