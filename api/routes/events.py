@@ -3,18 +3,22 @@
 Every event carries ``id:`` (the stream id), so a client that reconnects with ``Last-Event-ID``
 (or ``?last_event_id=``) gets exactly the events it missed. An idle stream gets a comment line
 every ``sse_heartbeat_s`` seconds; the response ends after the job's ``done`` event (or at once
-when the job had finished and its stream holds nothing newer).
+when the job had finished and its stream holds nothing newer). A Redis outage during the stream is
+ridden out (a read retried every ``REDIS_RETRY_S`` for up to ``REDIS_RETRIES`` times, with comment
+lines meanwhile); past that the response ends and the client reconnects with ``Last-Event-ID``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
 import anyio
+import redis
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
@@ -33,6 +37,9 @@ EVENT_ID_SCHEMA = {"pattern": EVENT_ID_PATTERN}
 EVENT_ID_HELP = "resume after this event id: '0' or '<ms>-<seq>', both numbers below 2**64"
 MAX_BLOCK_S = 5.0
 MAX_STREAMS = 1000
+REDIS_RETRY_S = 1.0
+REDIS_RETRIES = 30
+log = logging.getLogger("sjc.api")
 T = TypeVar("T")
 
 
@@ -57,25 +64,37 @@ async def event_lines(services: Services, job_id: str, last_id: str) -> AsyncIte
     heartbeat = services.sse_heartbeat_s
     yield "retry: 3000\n\n"
     last_sent = time.monotonic()
+    failures = 0
     while True:
-        wait_s = max(0.01, min(MAX_BLOCK_S, heartbeat - (time.monotonic() - last_sent)))
-        batch = await call(partial(services.events.read, job_id, last_id, block_ms=int(wait_s * 1000)))
-        for event_id, event, data in batch:
-            last_id = event_id
-            yield format_event(event_id, event, data)
-            last_sent = time.monotonic()
-            if event == "done":
-                return
-        if not batch:
-            record = await call(services.jobs.get, job_id)
-            if record is None:
-                return
-            if record.status in TERMINAL and not await call(services.events.read, job_id, last_id):
-                yield format_event(None, "done", job_view(record).model_dump(mode="json"))
-                return
-            if time.monotonic() - last_sent >= heartbeat:
-                yield f": heartbeat {int(time.time())}\n\n"
+        try:
+            wait_s = max(0.01, min(MAX_BLOCK_S, heartbeat - (time.monotonic() - last_sent)))
+            batch = await call(partial(services.events.read, job_id, last_id, block_ms=int(wait_s * 1000)))
+            failures = 0
+            for event_id, event, data in batch:
+                last_id = event_id
+                yield format_event(event_id, event, data)
                 last_sent = time.monotonic()
+                if event == "done":
+                    return
+            if not batch:
+                record = await call(services.jobs.get, job_id)
+                if record is None:
+                    return
+                if record.status in TERMINAL and not await call(services.events.read, job_id, last_id):
+                    yield format_event(None, "done", job_view(record).model_dump(mode="json"))
+                    return
+                if time.monotonic() - last_sent >= heartbeat:
+                    yield f": heartbeat {int(time.time())}\n\n"
+                    last_sent = time.monotonic()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            failures += 1
+            if failures == 1:
+                log.warning("event stream of job %s: Redis unavailable (%s); retrying", job_id, exc)
+            if failures > REDIS_RETRIES:
+                return  # the client reconnects with Last-Event-ID
+            yield f": waiting for the event store ({failures})\n\n"
+            last_sent = time.monotonic()
+            await anyio.sleep(REDIS_RETRY_S)
 
 
 @router.get(
