@@ -3,7 +3,8 @@
 :func:`export_asset` writes, in order:
 
 1. ``turntable.mp4``: a full turn at display size (``config.display_size`` pixels high: the field renders at
-   any resolution), RGB beside colourised depth (``"video"`` output);
+   any resolution; it is rendered at most at ~2 pixels per voxel, the detail it holds, and scaled up from
+   there), RGB beside colourised depth (``"video"`` output);
 2. ``thumbnail.png``: the poster, one three-quarter view at display size (with the ``"video"`` or the
    ``"previews"`` output);
 3. the mesh (``"mesh"`` output): ``mesh.glb`` (UV-mapped, diffuse PBR material, baked base-colour
@@ -14,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
@@ -55,15 +57,26 @@ def render_size_for(display_size: int, scale: int, minimum: int = 8) -> int:
     return max(minimum, -(-display_size // scale))
 
 
+def resolved_size(field: VoxelField, radius: float, fov_deg: float, px_per_voxel: float = 2.0) -> int:
+    """The render side beyond which the field shows no more detail: ``px_per_voxel`` pixels per voxel at the
+    distance of the origin (a trilinear field is smooth between its nodes; rendering finer only interpolates)."""
+    frame = 2.0 * radius * math.tan(math.radians(fov_deg) / 2)  # world width seen at the origin
+    return int(math.ceil(px_per_voxel * frame / field.voxel_size))
+
+
 @torch.no_grad()
-def write_thumbnail(field: VoxelField, decode: Decode, config: SJCConfig, size: int, path: Path) -> Path:
-    """The poster: a three-quarter view (azimuth 45, elevation 25 degrees) rendered at ``size`` before decoding."""
-    from sjc_engine.export.images import save_png
+def write_thumbnail(
+    field: VoxelField, decode: Decode, config: SJCConfig, size: int, path: Path, out_height: int | None = None
+) -> Path:
+    """The poster: a three-quarter view (azimuth 45, elevation 25 degrees) rendered at ``size`` before decoding,
+    scaled up to ``out_height`` if it is lower."""
+    from sjc_engine.export.images import save_png, to_uint8_image
+    from sjc_engine.export.video import upscale
     from sjc_engine.renderer import render_image
 
     cam = spherical_camera(THUMBNAIL_AZIMUTH_DEG, THUMBNAIL_ELEVATION_DEG, config.cam_radius, config.test_fov_deg, size)
     img = render_image(field, cam, config.step_ratio).image[None]  # (1, C, H, W)
-    return save_png(decode(img).float()[0], path)
+    return save_png(upscale(to_uint8_image(decode(img).float()[0]), out_height), path)
 
 
 def export_asset(
@@ -91,8 +104,14 @@ def export_asset(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = ExportResult()
-    size = max(config.render_size, render_size_for(config.display_size, decode_scale(field, decode)))
-    view = crop_to_content(field)  # the same renders, without marching through empty space
+    # render at display size, or at the field's own resolution when that is lower (then scale up): a 64^3
+    # field has nothing to show beyond ~2 pixels per voxel, and a 256 px render costs 4x a 128 px one
+    scale = decode_scale(field, decode)
+    fine = min(render_size_for(config.display_size, scale), resolved_size(field, config.cam_radius, config.test_fov_deg))
+    size = max(config.render_size, fine)
+    # the renders without marching through empty space: cropped to the object (half the mesh threshold,
+    # 3 voxels around it); faint haze and specks far from the object are left out
+    view = crop_to_content(field, min_density=0.5 * config.mesh_threshold, margin=3)
 
     # 1. turntable at display size
     if "video" in outputs:
@@ -101,12 +120,15 @@ def export_asset(
         frames = render_turntable(
             view, decode, n_frames=config.video_frames, size=size, radius=config.cam_radius,
             fov_deg=config.test_fov_deg, elevation_deg=TURNTABLE_ELEVATION_DEG, step_ratio=config.step_ratio,
+            out_height=config.display_size,
         )
         result.files["turntable.mp4"] = write_mp4(frames, out_dir / "turntable.mp4")
 
     # 2. the poster
     if {"video", "previews"} & set(outputs):
-        result.files["thumbnail.png"] = write_thumbnail(view, decode, config, size, out_dir / "thumbnail.png")
+        result.files["thumbnail.png"] = write_thumbnail(
+            view, decode, config, size, out_dir / "thumbnail.png", out_height=config.display_size
+        )
 
     # 3. the mesh: surface, colours, texture, files
     if "mesh" in outputs and mesh_formats:

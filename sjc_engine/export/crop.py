@@ -2,7 +2,8 @@
 
 The renderer marches every ray through the whole box, so at display size (256 px and more) most of the
 time goes to empty space. :func:`crop_to_content` cuts the grids down to the smallest centred box that holds
-every node denser than ``min_density`` (plus a margin): the nodes keep their exact positions (the crop is
+every node denser than ``min_density`` in the object's large connected pieces (plus a margin; stray specks
+do not count): the nodes keep their exact positions (the crop is
 symmetric, so ``x_i = -bbox + 2 bbox i / (N - 1)`` still holds with the smaller ``bbox`` and ``N``), the
 background is shared, and rays that miss the smaller box see the background directly. What is cut is only
 faint haze outside the object.
@@ -10,29 +11,38 @@ faint haze outside the object.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy import ndimage
 
 from sjc_engine.field import VoxelField
 
 
 @torch.no_grad()
-def crop_to_content(field: VoxelField, min_density: float = 1.0, margin: int = 2) -> VoxelField:
+def crop_to_content(
+    field: VoxelField, min_density: float = 1.0, margin: int = 2, keep_ratio: float = 0.05
+) -> VoxelField:
     """A copy of ``field`` cropped to the centred box holding its nodes with density > ``min_density``.
 
     Args:
         field: the voxel field.
         min_density: activated density that counts as content (default 1.0: ~3% opacity per voxel at 64^3).
         margin: nodes kept beyond the outermost content node on each side (default 2).
+        keep_ratio: 26-connected pieces of content with fewer nodes than this fraction of the largest piece's
+            are specks, not content (default 0.05).
 
     Returns:
         a new field (same device) with ``grid_size`` ``N - 2c`` and ``bbox`` ``bbox (N - 1 - 2c) / (N - 1)``;
         ``field`` itself when nothing can be cut (no content, or content reaching the box border).
     """
     n = field.grid_size
-    occ = field.density_grid() > min_density  # (N, N, N)
+    occ = (field.density_grid() > min_density).cpu().numpy()  # (N, N, N)
     if not occ.any():
         return field
-    idx = occ.nonzero()  # (P, 3)
+    labels, count = ndimage.label(occ, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel())[1:]  # (count,)
+    occ = np.isin(labels, np.flatnonzero(sizes >= keep_ratio * sizes.max()) + 1)
+    idx = torch.from_numpy(np.argwhere(occ))  # (P, 3)
     reach = int(torch.maximum(idx.max(0).values, (n - 1) - idx.min(0).values).max())  # farthest from index 0 side
     lo = max(0, (n - 1) - reach - margin)  # nodes [lo, n - 1 - lo] keep every content node
     if lo == 0 or n - 2 * lo < 4:

@@ -29,6 +29,7 @@ def render_turntable(
     elevation_deg: float = 20.0,
     step_ratio: float = 0.5,
     batch: int = 8,
+    out_height: int | None = None,
 ) -> np.ndarray:
     """Render a full turn around the field.
 
@@ -41,6 +42,7 @@ def render_turntable(
         radius, fov_deg, elevation_deg: the camera path.
         step_ratio: ray-march step.
         batch: frames decoded at a time.
+        out_height: frames smaller than this are scaled up (bicubic) to it (default ``None``: as decoded).
 
     Returns:
         (T, H', 2 W', 3) uint8 frames: RGB on the left, depth on the right (resized to the RGB's size).
@@ -60,8 +62,18 @@ def render_turntable(
             depth_t = torch.nn.functional.interpolate(depth_t, size=(H, W), mode="nearest")[0]
             left = to_uint8_image(im)
             right = depth_t.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-            frames.append(np.concatenate([left, right], axis=1))
+            frames.append(upscale(np.concatenate([left, right], axis=1), out_height))
     return np.stack(frames)
+
+
+def upscale(image: np.ndarray, height: int | None) -> np.ndarray:
+    """An (H, W, 3) uint8 image scaled up (bicubic, aspect kept) to ``height`` when it is lower; else as it is."""
+    if height is None or image.shape[0] >= height:
+        return image
+    from PIL import Image
+
+    width = round(image.shape[1] * height / image.shape[0])
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
 
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 30, crf: int = 18) -> Path:
