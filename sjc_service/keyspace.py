@@ -13,6 +13,11 @@ Redis:
 - ``sjc:counts``: hash status -> number of jobs; ``sjc:durations``: run-time histogram (``/metrics``).
 - ``sjc:idem:{owner}:{key}``: ``{"job_id", "request_hash"}`` of an ``Idempotency-Key``, with a TTL.
 - ``sjc:apikeys``: hash sha256(key) -> ``"<owner>|<sha256>"`` (:mod:`sjc_service.keys`).
+- ``sjc:job:{id}:outages``: how many times an object-store outage sent the job back (:mod:`worker.outage`).
+- ``sjc:delete:pending``: jobs to delete once they stop; ``sjc:deleted:{owner}:{id}``: a short tombstone
+  that makes a repeated ``DELETE`` succeed again (:mod:`sjc_service.retention`).
+- Webhooks and rate limits keep their keys beside their code, under ``sjc:webhook:`` / ``sjc:job:{id}:webhook``
+  (:mod:`sjc_service.webhooks`) and ``sjc:ratelimit:`` (:mod:`sjc_service.ratelimit`).
 
 Object store: ``jobs/{id}/<name>`` for every file of a job; ``jobs/{id}/resume/`` is the worker's
 resumable state (internal, never listed to clients); ``jobs/{id}/manifest.json`` is written last.
@@ -27,6 +32,8 @@ RUNNING_KEY = PREFIX + "running"
 COUNTS_KEY = PREFIX + "counts"
 DURATIONS_KEY = PREFIX + "durations"
 API_KEYS_HASH = PREFIX + "apikeys"
+DELETE_PENDING_KEY = PREFIX + "delete:pending"
+OWNER_JOBS_PATTERN = PREFIX + "owner:*:jobs"
 
 JOBS_ROOT = "jobs/"
 MANIFEST = "manifest.json"
@@ -44,6 +51,14 @@ def lease_key(job_id: str) -> str:
 
 def events_key(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}:events"
+
+
+def outage_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:outages"
+
+
+def tombstone_key(owner: str, job_id: str) -> str:
+    return f"{PREFIX}deleted:{owner}:{job_id}"
 
 
 def owner_jobs_key(owner: str) -> str:

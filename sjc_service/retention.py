@@ -20,16 +20,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from sjc_service import webhooks
+from sjc_service.keyspace import DELETE_PENDING_KEY as PENDING_KEY
+from sjc_service.keyspace import OWNER_JOBS_PATTERN, job_prefix, outage_key, tombstone_key
 from sjc_service.schemas import TERMINAL
 from sjc_service.settings import Settings
 
 log = logging.getLogger(__name__)
-PENDING_KEY = "sjc:delete:pending"
 TOMBSTONE_TTL_S = 24 * 3600
-
-
-def tombstone_key(owner: str, job_id: str) -> str:
-    return f"sjc:deleted:{owner}:{job_id}"
 
 
 def was_deleted(client: Any, owner: str, job_id: str) -> bool:
@@ -42,10 +39,10 @@ def delete_now(jobs: Any, store: Any, job_id: str) -> bool:
     rec = jobs.get(job_id)
     if rec is None:
         return False
-    store.delete_prefix(f"jobs/{job_id}/")
+    store.delete_prefix(job_prefix(job_id))
     webhooks.forget(jobs.redis, job_id)
     pipe = jobs.redis.pipeline(transaction=False)
-    pipe.delete(f"sjc:job:{job_id}:outages")
+    pipe.delete(outage_key(job_id))
     pipe.srem(PENDING_KEY, job_id)
     pipe.set(tombstone_key(rec.owner, job_id), "1", ex=TOMBSTONE_TTL_S)
     pipe.execute()
@@ -74,7 +71,7 @@ def expired_ids(jobs: Any, retention_s: float, now: datetime | None = None) -> l
     now = now or datetime.now(timezone.utc)
     cutoff = now - timedelta(seconds=retention_s)
     found: list[str] = []
-    for key in jobs.redis.scan_iter("sjc:owner:*:jobs", count=500):
+    for key in jobs.redis.scan_iter(OWNER_JOBS_PATTERN, count=500):
         ids = jobs.redis.zrangebyscore(key, "-inf", int(cutoff.timestamp() * 1000))
         for job_id in ids:
             rec = jobs.get(job_id)

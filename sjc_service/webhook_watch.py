@@ -20,15 +20,11 @@ from typing import Any
 
 import redis
 
-from sjc_service.events import events_key
+from sjc_service.keyspace import events_key, job_key
 from sjc_service.webhooks import WATCH_KEY, Delivery, forget, make_delivery, webhook_key
 
 log = logging.getLogger(__name__)
 Send = Callable[[Delivery, float], object]
-
-
-def job_record_key(job_id: str) -> str:
-    return f"sjc:job:{job_id}"
 
 
 def webhook_event(event: str, data: dict[str, Any]) -> str | None:
@@ -45,7 +41,7 @@ def watch_once(client: redis.Redis, send: Send, count: int = 200) -> int:
     sent = 0
     for job_id in sorted(client.smembers(WATCH_KEY)):
         hook = client.hgetall(webhook_key(job_id))
-        if not hook or not client.exists(job_record_key(job_id)):  # the job was deleted
+        if not hook or not client.exists(job_key(job_id)):  # the job was deleted
             forget(client, job_id)
             continue
         wanted = set(json.loads(hook["events"]))

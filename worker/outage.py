@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from sjc_service.keyspace import outage_key
 from sjc_service.queue import TASK_NAME, make_celery
 from sjc_service.settings import Settings
 from sjc_service.store import StoreUnavailable
@@ -29,10 +30,6 @@ MAX_OUTAGE_REQUEUES = 8
 OUTAGE_BACKOFF_S = 15.0
 OUTAGE_MAX_BACKOFF_S = 300.0
 OUTAGE_TTL_S = 7 * 24 * 3600
-
-
-def outage_key(job_id: str) -> str:
-    return f"sjc:job:{job_id}:outages"
 
 
 def outage_delay(n: int, base_s: float = OUTAGE_BACKOFF_S, cap_s: float = OUTAGE_MAX_BACKOFF_S) -> float:

@@ -16,10 +16,10 @@ from pydantic import BaseModel, Field
 from api.deps import CurrentOwner, ServicesDep
 from api.problems import problem_responses
 from api.rate_limits import limiter_of
+from sjc_service.keyspace import job_key, owner_jobs_key
 from sjc_service.schemas import JobStatus
 
 router = APIRouter(tags=["usage"])
-OWNER_JOBS = "sjc:owner:{owner}:jobs"
 BATCH = 500
 
 
@@ -52,14 +52,14 @@ def _parse(value: str | None) -> datetime | None:
 def usage(request: Request, services: ServicesDep, owner: CurrentOwner) -> Usage:
     """Jobs by status, compute seconds, and the key's limits (active-job cap, request rate)."""
     client = services.redis
-    ids = client.zrange(OWNER_JOBS.format(owner=owner), 0, -1)
+    ids = client.zrange(owner_jobs_key(owner), 0, -1)
     counts = {s.value: 0 for s in JobStatus}
     compute_s = 0.0
     now = datetime.now(timezone.utc)
     for i in range(0, len(ids), BATCH):
         pipe = client.pipeline(transaction=False)
         for job_id in ids[i:i + BATCH]:
-            pipe.hmget(f"sjc:job:{job_id}", "status", "started_at", "finished_at")
+            pipe.hmget(job_key(job_id), "status", "started_at", "finished_at")
         for status, started, finished in pipe.execute():
             if status is None:
                 continue
