@@ -4,6 +4,7 @@ internals in its error); Redis down during progress writes does not stop the run
 from __future__ import annotations
 
 import json
+import time
 
 from sjc_engine.callbacks import StepReport
 from sjc_service.schemas import JobStatus
@@ -14,11 +15,11 @@ from worker.outage import outage_delay, outage_key, requeue_after_outage
 from worker.runner import run_job
 
 
-def _params(service_model, settings):
+def _params(service_model, settings, steps: int = 6):
     """The stored run spec of a short job, resolved as the API resolves it."""
     from sjc_engine.run_spec import resolve_run
 
-    request = {"prompt": "a red sphere", "model": service_model.name, "seed": 1, "steps": 6, "grid_size": 12,
+    request = {"prompt": "a red sphere", "model": service_model.name, "seed": 1, "steps": steps, "grid_size": 12,
                "render_size": 16, "video_frames": 2, "preview_every": 3,
                "mesh_threshold": service_model.short_run_mesh_threshold}
     return resolve_run(request, settings.run_limits()).to_dict()
@@ -68,3 +69,33 @@ def test_progress_writes_ride_out_a_redis_outage(service_settings, tmp_path):
         cb.on_step(StepReport(step=step, total=2, losses={"score": 1.0}, sigma=0.5))
     cb.on_export(2)
     assert cb.last_step == 2
+
+
+def test_a_redis_restart_mid_run_costs_no_attempt(service_settings, service_model, tmp_path):
+    """The run keeps going while Redis is away for a moment; the job succeeds on its first attempt."""
+    import threading
+
+    from tests.api.test_stream_outage import start_redis
+    from tests.fixtures.service import wait_until
+
+    port = free_port()
+    procs = [start_redis(port, tmp_path)]
+    try:
+        settings = service_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+        ctx = WorkerContext.from_settings(settings, worker_id="test-host:1")
+        rec, _ = ctx.jobs.create("alice", _params(service_model, settings, steps=200))
+        outcome: list[str] = []
+        runner = threading.Thread(target=lambda: outcome.append(run_job(rec.id, ctx)), daemon=True)
+        runner.start()
+        wait_until(lambda: (ctx.jobs.get(rec.id).step or 0) >= 2, 120, interval=0.05, what="the run's first steps")
+        procs[0].stop()  # Redis goes away mid-run...
+        time.sleep(1.5)
+        procs.append(start_redis(port, tmp_path))  # ...and comes back with its data (AOF)
+        assert runner.is_alive()  # the outage fell inside the run
+        runner.join(timeout=300)
+        final = ctx.jobs.get(rec.id)
+        assert outcome == ["succeeded"], (outcome, final.error)
+        assert final.attempt == 1 and final.step == 200
+    finally:
+        for sp in procs:
+            sp.stop()
