@@ -98,6 +98,7 @@ wait_until "the API ($SERVER/readyz)" 120 "$PY" -c "import httpx; httpx.get('$SE
 
 NAME="$(echo "$PROMPT" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' | sed 's/^-*//; s/-*$//')"
 OUT="out/${NAME:-job}"
+log "web page: $SERVER/ (API key: $API_KEY; SJC_DEMO_KEEP=1 keeps it up after the job)"
 log "submitting \"$PROMPT\" (results to $OUT/)"
 status=0
 "$VENV/bin/sjc" submit "$PROMPT" --wait --out "$OUT" --server "$SERVER" --api-key "$API_KEY" \
@@ -107,7 +108,7 @@ if [ "$status" -eq 0 ]; then
 fi
 
 if [ "${SJC_DEMO_KEEP:-0}" = "1" ]; then
-    log "services still running until Ctrl-C; try:"
+    log "services still running until Ctrl-C; open $SERVER/ in a browser (API key $API_KEY), or try:"
     echo "  export SJC_SERVER=$SERVER SJC_API_KEY=$API_KEY"
     echo "  curl -s -H \"Authorization: Bearer \$SJC_API_KEY\" \$SJC_SERVER/v1/jobs"
     while true; do sleep 3600; done

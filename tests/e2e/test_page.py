@@ -13,6 +13,7 @@ Screenshots of each state go to ``$SJC_PAGE_SCREENSHOTS`` (default: the test's t
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -27,7 +28,9 @@ from tests.fixtures.service import API_KEYS, ROOT, wait_until
 pytestmark = pytest.mark.slow
 KEY = API_KEYS["alice"]
 # a short run that still carves a shape on 2 CPU cores: a 32^3 grid, an 8-frame video
-RUN = {"steps": "120", "seed": "1", "grid_size": "32", "video_frames": "8", "preview_every": "40"}
+# (SJC_PAGE_STEPS / SJC_PAGE_GRID make a longer run for the README's pictures)
+RUN = {"steps": os.environ.get("SJC_PAGE_STEPS", "120"), "seed": "1", "grid_size": os.environ.get("SJC_PAGE_GRID", "32"),
+       "video_frames": "8", "preview_every": "40", "target_faces": "3000"}
 BACKGROUND = np.array([0xE9, 0xEC, 0xEF])  # the viewer's clear colour (web/src/viewer.ts)
 TIMEOUT_MS = 30_000
 
@@ -48,7 +51,9 @@ def log_in(watch: PageWatch, stack: PageStack, key: str = KEY) -> None:
 
 
 def wait_logged_in(page) -> None:
-    page.wait_for_function("document.querySelectorAll('#model option').length > 0", timeout=TIMEOUT_MS)
+    # arrow functions, not expression strings: Playwright evaluates a string with eval(), which the
+    # page's Content-Security-Policy forbids (as it should)
+    page.wait_for_function("() => document.querySelectorAll('#model option').length > 0", timeout=TIMEOUT_MS)
     page.wait_for_selector("#submit:not([disabled])", timeout=TIMEOUT_MS)
 
 
@@ -132,6 +137,34 @@ def test_refused_prompt_shows_its_message_inline(page_stack: PageStack, watch_pa
     assert all("422" in e for e in watch.console_errors), watch.console_errors
 
 
+def test_rate_limit_and_outage_read_clearly_and_a_retry_reuses_the_idempotency_key(page_stack: PageStack, watch_page):
+    """The page's error display alone: the create call answers 429, then the network fails (both
+    simulated by the browser; everything else is the real stack)."""
+    watch = watch_page()
+    page = watch.page
+    log_in(watch, page_stack)
+    wait_logged_in(page)
+    keys: list[str] = []
+    page.on("request", lambda req: keys.append(req.headers.get("idempotency-key", ""))
+            if req.method == "POST" and req.url.endswith("/v1/jobs") else None)
+    problem = {"type": "urn:sjc:problem:too-many-active-jobs", "title": "Too many active jobs", "status": 429,
+               "detail": "This key already has 4 queued or running jobs; wait for one to finish or cancel one."}
+    page.route("**/v1/jobs", lambda route: route.fulfill(
+        status=429, headers={"Retry-After": "30"}, content_type="application/problem+json", body=json.dumps(problem)))
+    page.fill("#prompt", "a red cube")
+    page.press("#prompt", "Enter")
+    error = page.locator("#form-error")
+    error.filter(has_text="Rate limited").wait_for(timeout=TIMEOUT_MS)
+    assert error.inner_text() == f"Rate limited: {problem['detail']} Try again in 30 s."
+    page.unroute("**/v1/jobs")
+    page.route("**/v1/jobs", lambda route: route.abort("connectionrefused"))
+    page.press("#prompt", "Enter")
+    error.filter(has_text="cannot be reached").wait_for(timeout=TIMEOUT_MS)
+    assert error.inner_text().startswith("The service cannot be reached (network error).")
+    assert len(keys) == 2 and len(keys[0]) == 32 and keys[0] == keys[1], keys
+    assert page.locator("#job").is_hidden()
+
+
 def test_prompt_to_asset_in_the_viewer(page_stack: PageStack, watch_page, shots: Path):
     watch = watch_page()
     page = watch.page
@@ -157,13 +190,18 @@ def test_prompt_to_asset_in_the_viewer(page_stack: PageStack, watch_page, shots:
     assert saved["id"] == job_id and saved["lastEventId"]
     page.reload()
     page.locator("#job-id").filter(has_text=job_id).wait_for(timeout=TIMEOUT_MS)
-    page.wait_for_function("document.querySelector('#job-status').textContent === 'queued'", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => document.querySelector('#job-status').textContent === 'queued'",
+                           timeout=TIMEOUT_MS)
     assert any(h.get("last-event-id") == saved["lastEventId"] for h in events_requests), events_requests
 
     # 3. a worker takes the job; the stream carries it to the end
     page_stack.start_worker()
     page.locator("#job-status").filter(has_text="succeeded").wait_for(timeout=300_000)
     assert page.locator("#job-progress").evaluate("el => el.value") == 100
+    params = httpx.get(f"{page_stack.url}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {KEY}"},
+                       timeout=10).json()["params"]
+    assert (params["prompt"], params["steps"], params["seed"], params["target_faces"]) == (
+        "a red sphere", int(RUN["steps"]), 1, 3000)
     page.wait_for_selector("#viewer[data-state='loaded']", timeout=60_000)
     page.wait_for_timeout(300)  # one animation frame for the on-demand render
     colour = object_colour(page.locator("#viewer canvas").screenshot())
@@ -174,7 +212,7 @@ def test_prompt_to_asset_in_the_viewer(page_stack: PageStack, watch_page, shots:
     assert page.locator("#previews img").count() >= 1
     assert page.evaluate("[...document.querySelectorAll('#previews img')].every(i => i.naturalWidth > 0)")
     assert origin(page.locator("#video").get_attribute("src")) == page_stack.store_origin
-    page.wait_for_function("document.querySelector('#video').readyState >= 2", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => document.querySelector('#video').readyState >= 2", timeout=TIMEOUT_MS)
     assert page.evaluate("document.querySelector('#video').duration") > 0
     links = page.evaluate("[...document.querySelectorAll('#downloads a')].map(a => [a.dataset.name, a.href, "
                           "a.nextElementSibling.textContent])")
@@ -231,7 +269,7 @@ def test_local_store_links_stay_on_the_page_origin(local_page_stack: PageStack, 
     wait_logged_in(page)
     page.fill("#prompt", "a blue sphere")
     page.click("details.advanced summary")
-    for name, value in {**RUN, "steps": "100", "preview_every": "50"}.items():
+    for name, value in {**RUN, "steps": "100", "grid_size": "32", "preview_every": "50"}.items():
         page.fill(f"#{name}", value)
     page.press("#prompt", "Enter")
     page.locator("#job-status").filter(has_text="succeeded").wait_for(timeout=300_000)

@@ -42,7 +42,8 @@ export class JobView {
     this.section.hidden = false;
     byId("job-id").textContent = id;
     this.setNote("");
-    if (reveal) this.section.scrollIntoView({ block: "start" });
+    const top = this.section.getBoundingClientRect().top;
+    if (reveal && (top < 0 || top > window.innerHeight / 2)) this.section.scrollIntoView({ block: "start" });
     let job: Job;
     try {
       job = await api.job(id);
