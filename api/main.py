@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 from api.limits import BodySizeLimit
 from api.metrics import make_registry
-from api.problems import Problem, install_problem_handlers, problem_response
+from api.problems import Problem, install_problem_handlers, problem_response, problem_responses
 from api.rate_limits import RateLimitHeaders, rate_limited
 from api.routes import artifacts, deletion, events, files, health, jobs, metrics, models, usage, webhooks
 from api.routes import page
@@ -75,7 +75,7 @@ def create_app(
 
     v1 = APIRouter(prefix="/v1")
     for module in (jobs, deletion, events, artifacts, models, webhooks, usage):  # per-key request rate
-        v1.include_router(module.router, dependencies=[Depends(rate_limited)])
+        v1.include_router(module.router, dependencies=[Depends(rate_limited)], responses=problem_responses(429))
     v1.include_router(files.router)  # signed links, no key: not rate limited per key
     app.include_router(v1)
     app.include_router(health.router)

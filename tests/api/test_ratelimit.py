@@ -60,3 +60,11 @@ def test_usage_counts_jobs_by_status_and_compute_seconds(client, services):
     assert u["compute_s"] > 0  # the running job's time so far
     assert u["max_active_jobs"] == 3 and u["rate_limit"]["burst"] == 30 and 0 < u["rate_limit"]["remaining"] <= 30
     assert client.get("/v1/usage", headers=auth("bob")).json()["jobs"]["queued"] == 1
+
+
+def test_openapi_declares_the_429_of_every_keyed_route(client):
+    spec = client.get("/openapi.json").json()
+    for path, item in spec["paths"].items():
+        if path.startswith("/v1/") and not path.startswith("/v1/files/"):
+            for method, op in item.items():
+                assert "429" in op["responses"], (method, path)
