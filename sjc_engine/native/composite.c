@@ -65,7 +65,9 @@ void FN(comp_fwd)(const T* tau, const T* const* feats, int64_t C, const T* t0, T
 
 /* Backward of comp_fwd: with a_i = g_w_i + [w_i >= thr] <g_rgb, f_i> + g_depth t_i,
    g_tau_j = a_j T_{j+1} - sum_{i>j} a_i w_i + g_opacity T_end, g_feats[c]_i = [w_i >= thr] w_i g_rgb_c.
-   g_w may be NULL (no gradient on the weights). g_tau holds T_{j+1} in between. */
+   g_w may be NULL (no gradient on the weights). g_tau holds T_{j+1} in between. Samples with tau = 0 exactly
+   (skipped by the lookup, or past the end) get g_tau = 0: their thickness is masked to zero, so nothing flows
+   there, and they add nothing to the others' terms (w = 0). */
 void FN(comp_bwd)(const T* tau, const T* const* feats, int64_t C, const T* t0, T step, const int64_t* counts,
                   int64_t r0, int64_t r1, int64_t k, T thr, const T* w, const T* g_w, const T* g_rgb,
                   const T* g_op, const T* g_depth, T* g_tau, T* const* g_feats) {
@@ -83,6 +85,11 @@ void FN(comp_bwd)(const T* tau, const T* const* feats, int64_t C, const T* t0, T
         T suffix = 0;
         for (int64_t j = m - 1; j >= 0; --j) {
             const int64_t p = r * k + j;
+            if (tr[j] == 0) { /* a skipped sample: no weight, and its thickness is masked out (no gradient) */
+                gt[j] = 0;
+                for (int64_t c = 0; c < C; ++c) g_feats[c][p] = 0;
+                continue;
+            }
             const int keep = wr[j] >= thr;
             T a = (g_w ? g_w[p] : 0) + g_depth[r] * (t0[r] + (T)j * step);
             for (int64_t c = 0; c < C; ++c) {
