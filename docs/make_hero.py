@@ -1,48 +1,53 @@
-"""Make docs/hero.png, the README's picture: real SJC runs of the embedded model, four turntable views each.
+"""Make docs/hero.png, the README's picture, from the quality bench's assets (no new SJC runs).
 
-    OMP_NUM_THREADS=2 .venv/bin/python docs/make_hero.py
+    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_quality.py --one-per-shape   # writes .sjc/bench_assets/
+    .venv/bin/python docs/make_hero.py
 
-Each row is one prompt run with the model's default settings (``sjc_engine.pipeline.generate``); each
-column a turntable frame (RGB beside depth, as in ``turntable.mp4``), upscaled without smoothing.
+Each row is one prompt of the bench (the embedded model's default settings): its ``thumbnail.png`` (the field
+rendered by the engine), then its ``mesh.glb`` as a stock three.js viewer shows it (GLTFLoader with the file's
+own material, a hemisphere and a key light, headless Chromium) from three sides.
 """
 
 from __future__ import annotations
 
+import argparse
+import io
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import imageio.v3 as iio  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
-from sjc_engine.denoisers.loader import load_denoiser  # noqa: E402
-from sjc_engine.export.images import image_grid, save_png  # noqa: E402
-from sjc_engine.pipeline import build_config, generate  # noqa: E402
+from web.tools.glb_viewer import StockViewer  # noqa: E402
 
-PROMPTS = ("a green sphere", "a blue torus", "a orange cylinder")
-FRAMES = (0, 8, 16, 24)  # of the 32-frame turntable: 0, 90, 180, 270 degrees
-SCALE = 4
+PROMPTS = ("green_sphere", "blue_torus", "orange_cylinder", "yellow_cone", "red_cube")
+AZIMUTHS = (35.0, 125.0, 215.0)
+TILE = 192
 
 
-def main() -> None:
-    denoiser = load_denoiser("embedded", device="cpu")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, prompt in enumerate(PROMPTS):
-            config = build_config(prompt, "embedded", seed=0, video_frames=32, device="cpu")
-            out = Path(tmp) / str(i)
-            generate(config, out, denoiser=denoiser, outputs=("video",))
-            video = iio.imread(out / "turntable.mp4", plugin="pyav")  # (T, H, 2W, 3)
-            rows.extend(video[f] for f in FRAMES)
-    grid = image_grid(rows, cols=len(FRAMES), pad=2)  # (H', W', 3)
-    big = Image.fromarray(np.asarray(grid)).resize((grid.shape[1] * SCALE, grid.shape[0] * SCALE), Image.NEAREST)
-    path = save_png(np.asarray(big), ROOT / "docs" / "hero.png")
-    print(f"wrote {path}: rows {PROMPTS}, turntable frames {FRAMES} (RGB | depth)")
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--assets", type=Path, default=ROOT / ".sjc" / "bench_assets", help="bench_quality.py --assets")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "hero.png")
+    a = p.parse_args(argv)
+    rows = [name for name in PROMPTS if (a.assets / name / "mesh.glb").is_file()]
+    if not rows:
+        raise SystemExit(f"no assets under {a.assets}: run bench/bench_quality.py first")
+    hero = Image.new("RGB", (TILE * (1 + len(AZIMUTHS)), TILE * len(rows)), "white")
+    with StockViewer.launch() as viewer:
+        for r, name in enumerate(rows):
+            thumb = Image.open(a.assets / name / "thumbnail.png").convert("RGB").resize((TILE, TILE), Image.LANCZOS)
+            hero.paste(thumb, (0, r * TILE))
+            for c, azimuth in enumerate(AZIMUTHS, start=1):
+                png, _ = viewer.render(a.assets / name / "mesh.glb", azimuth=azimuth, elevation=25.0, size=TILE)
+                hero.paste(Image.open(io.BytesIO(png)).convert("RGB"), (c * TILE, r * TILE))
+            ImageDraw.Draw(hero).text((6, r * TILE + 4), "a " + name.replace("_", " "), fill=(20, 20, 20))
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    hero.save(a.out)
+    print(f"wrote {a.out}: rows {rows}; thumbnail, then mesh.glb in three.js at azimuths {AZIMUTHS}")
 
 
 if __name__ == "__main__":

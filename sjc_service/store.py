@@ -34,6 +34,7 @@ CONTENT_TYPES: dict[str, str] = {
     ".obj": "model/obj",
     ".mtl": "model/mtl",
     ".ply": "application/octet-stream",
+    ".stl": "model/stl",
     ".mp4": "video/mp4",
     ".png": "image/png",
     ".jpg": "image/jpeg",

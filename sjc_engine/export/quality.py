@@ -46,9 +46,13 @@ def surface_samples(sdf: SDF, n: int, extent: float = 1.0, seed: int = 0, eps: f
 
 def chamfer(mesh: trimesh.Trimesh, sdf: SDF, n: int = 20_000, seed: int = 0) -> float:
     """Symmetric Chamfer distance (mean of both directions' mean nearest-point distances, world units)
-    between ``n`` points sampled on ``mesh`` and ``n`` on the zero level of ``sdf``."""
-    on_mesh = np.asarray(trimesh.sample.sample_surface(mesh, n, seed=seed)[0])
-    mesh_to_shape = np.abs(sdf(on_mesh)).mean()  # exact for a true SDF
+    between ``n`` points sampled on ``mesh`` and ``n`` on the zero level of ``sdf``.
+
+    Mesh to shape is exact (``|sdf|`` at the mesh's points); shape to mesh takes the nearest of ``10 n`` points
+    sampled on the mesh, which overestimates by about a third of their spacing (~0.002 for a 1-unit object
+    at n = 20,000)."""
+    on_mesh = np.asarray(trimesh.sample.sample_surface(mesh, 10 * n, seed=seed)[0])
+    mesh_to_shape = np.abs(sdf(on_mesh[:n])).mean()  # exact for a true SDF
     on_shape = surface_samples(sdf, n, seed=seed)
     shape_to_mesh = cKDTree(on_mesh).query(on_shape)[0].mean()
     return float((mesh_to_shape + shape_to_mesh) / 2)

@@ -12,6 +12,7 @@ import torch
 import trimesh
 from PIL import Image
 
+from sjc_engine.cameras import spherical_camera
 from sjc_engine.config import SJCConfig
 from sjc_engine.export.asset import export_asset
 from sjc_engine.export.colors import local_colors
@@ -21,7 +22,6 @@ from sjc_engine.export.mesh import EmptyMeshError, extract_mesh, save_mesh
 from sjc_engine.export.video import render_turntable, write_mp4
 from sjc_engine.field import VoxelField
 from sjc_engine.renderer import render_image
-from sjc_engine.cameras import spherical_camera
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -207,3 +207,26 @@ def test_image_helpers(tmp_path) -> None:
     assert grid.shape == (8, 10, 3) and grid[4:, 5:].sum() == 0
     path = save_png(grid, tmp_path / "g.png")
     assert np.array_equal(np.asarray(Image.open(path)), grid)
+
+
+def test_export_asset_for_a_latent_model(tiny_sd_dir, tmp_path) -> None:
+    """Latent features: the VAE decodes the renders (x2 for the tiny one), colours come from depth-tested views."""
+    from sjc_engine.denoisers.loader import load_denoiser
+
+    den = load_denoiser(str(tiny_sd_dir), device="cpu", half=False)
+    assert den.is_latent
+    field = VoxelField(24, 4)
+    with torch.no_grad():
+        field.density.copy_(torch.where(field.grid_points().norm(dim=-1) < 0.5, 60.0, -30.0)[None])
+    config = SJCConfig(render_size=16, video_frames=2, display_size=48, target_faces=2000, texture_size=128,
+                       cam_radius=2.0, step_ratio=1.0)
+    res = export_asset(field, config, tmp_path, decode=den.decode, is_latent=True, outputs=("video", "mesh"),
+                       mesh_formats=("glb", "ply"))
+    assert set(res.files) == {"turntable.mp4", "thumbnail.png", "mesh.glb", "mesh.ply"}
+    with av.open(str(res.files["turntable.mp4"])) as c:
+        frame = next(c.decode(c.streams.video[0])).to_ndarray(format="rgb24")
+    assert frame.shape == (48, 96, 3), "24 px renders decoded to 48"
+    glb = trimesh.load(res.files["mesh.glb"], force="mesh")
+    assert glb.visual.kind == "texture" and glb.volume > 0
+    ply = trimesh.load(res.files["mesh.ply"])
+    assert len(np.unique(np.asarray(ply.visual.vertex_colors)[:, :3], axis=0)) > 10, "colours from the decoded views"

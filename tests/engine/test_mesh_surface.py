@@ -92,3 +92,13 @@ def test_vertex_colors_are_the_field_colour() -> None:
 def test_empty_field_raises() -> None:
     with pytest.raises(EmptyMeshError):
         extract_surface(VoxelField(8, 3), THRESHOLD)
+
+
+def test_quality_measures_on_a_known_mesh() -> None:
+    ball = trimesh.creation.icosphere(subdivisions=5, radius=SPHERE_R)
+    assert mesh_iou(ball, sdf_sphere, pitch=0.01) > 0.95
+    assert chamfer(ball, sdf_sphere, n=5000) < 0.003
+    moved = ball.copy()
+    moved.apply_translation([0.2, 0.0, 0.0])
+    assert 0.4 < mesh_iou(moved, sdf_sphere, pitch=0.01) < 0.7  # two balls of radius 0.45, centres 0.2 apart: 0.506
+    assert chamfer(moved, sdf_sphere, n=5000) > 0.05
