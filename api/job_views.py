@@ -15,7 +15,7 @@ class JobOut(JobView):
 
     Attributes:
         queue_position: jobs ahead of this one in the queue (0: next); ``None`` unless queued.
-        links: ``self``, ``events`` (SSE), ``artifacts`` and ``cancel`` URLs (paths).
+        links: ``self``, ``events`` (SSE), ``artifacts``, ``cancel`` and ``webhook_deliveries`` URLs (paths).
     """
 
     queue_position: int | None = None
@@ -31,7 +31,8 @@ class JobPage(BaseModel):
 
 def job_links(job_id: str) -> dict[str, str]:
     base = f"/v1/jobs/{job_id}"
-    return {"self": base, "events": base + "/events", "artifacts": base + "/artifacts", "cancel": base + "/cancel"}
+    return {"self": base, "events": base + "/events", "artifacts": base + "/artifacts", "cancel": base + "/cancel",
+            "webhook_deliveries": base + "/webhook-deliveries"}
 
 
 def to_view(record: JobRecord, jobs: JobStore) -> JobOut:

@@ -58,6 +58,7 @@ def test_signed_deliveries_retried_with_backoff_and_visible_on_the_job(hook_clie
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         assert "webhook_url" not in r.json()["params"]  # delivery, not a run setting
+        assert r.json()["links"]["webhook_deliveries"] == f"/v1/jobs/{job_id}/webhook-deliveries"
         xadd_event(services.redis, job_id, "state", {"id": job_id, "status": "running", "stage": "loading_model"})
         xadd_event(services.redis, job_id, "done", {"id": job_id, "status": "succeeded", "progress": 100.0})
         wait_until(lambda: len(receiver.accepted()) == 2, 60, what="two accepted deliveries")
