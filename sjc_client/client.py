@@ -35,6 +35,9 @@ class SJCClient:
             server overrides it).
         max_reconnects: consecutive failed connections of the event stream before giving up.
         poll_interval: seconds between status polls when no event stream can tell the end of a job.
+        rate_limit_retries: times a request refused for the key's request rate (429 ``rate-limited``) is
+            sent again after its ``Retry-After`` (at most ``max_retry_after`` seconds); 0 raises at once.
+        max_retry_after: longest ``Retry-After`` the client waits out by itself, seconds.
         transport: an ``httpx`` transport (tests pass ``httpx.MockTransport``).
     """
 
@@ -48,6 +51,8 @@ class SJCClient:
         reconnect_delay: float = 1.0,
         max_reconnects: int = 10,
         poll_interval: float = 2.0,
+        rate_limit_retries: int = 3,
+        max_retry_after: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -56,6 +61,8 @@ class SJCClient:
         self.reconnect_delay = reconnect_delay
         self.max_reconnects = max_reconnects
         self.poll_interval = poll_interval
+        self.rate_limit_retries = rate_limit_retries
+        self.max_retry_after = max_retry_after
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
         # Artifact links are presigned: they go out without our Authorization header (S3 refuses two).
@@ -75,12 +82,21 @@ class SJCClient:
         self.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise SJCClientError(f"cannot reach the SJC API at {self.base_url}: {exc}") from exc
-        if response.status_code >= 400:
-            raise ApiError.from_response(response)
+        for attempt in range(self.rate_limit_retries + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise SJCClientError(f"cannot reach the SJC API at {self.base_url}: {exc}") from exc
+            if response.status_code >= 400:
+                error = ApiError.from_response(response)
+                wait = error.retry_after
+                rate_limited = str(error.problem.get("type", "")).endswith(":rate-limited")
+                if (rate_limited and wait is not None and wait <= self.max_retry_after
+                        and attempt < self.rate_limit_retries):
+                    time.sleep(wait)  # a refused request changed nothing: sending it again is safe
+                    continue
+                raise error
+            break
         if not response.content:
             return None
         return response.json()

@@ -255,3 +255,26 @@ def test_cli_submit_wait_downloads_or_exits_non_zero(monkeypatch, tmp_path, caps
         assert f"{BASE}/v1/files/jobs/j1/mesh.glb" in out
     else:
         assert "worker_lost: gave up" in err and not (tmp_path / "o").exists()
+
+
+def test_rate_limited_requests_wait_out_retry_after_then_succeed():
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if len(calls) <= 2:
+            return httpx.Response(429, headers={"Retry-After": "0"}, json={
+                "type": "urn:sjc:problem:rate-limited", "title": "Too many requests", "status": 429})
+        return httpx.Response(200, json={"id": "j1", "status": "queued"})
+
+    client = SJCClient(BASE, "k", transport=httpx.MockTransport(handler))
+    assert client.get("j1")["status"] == "queued" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(ApiError) as info:  # the active-jobs cap is not waited out
+        SJCClient(BASE, "k", transport=httpx.MockTransport(lambda r: httpx.Response(429, headers={"Retry-After": "0"},
+                  json={"type": "urn:sjc:problem:too-many-active-jobs", "title": "Too many", "status": 429}))).get("j1")
+    assert info.value.status == 429
+    stingy = SJCClient(BASE, "k", rate_limit_retries=0, transport=httpx.MockTransport(handler))
+    calls.clear()
+    with pytest.raises(ApiError):
+        stingy.get("j1")
