@@ -44,7 +44,7 @@ def local_colors(
     decode: Decode = identity_decode,
     outside_voxels: float = 2.0,
     inside_voxels: float = 4.0,
-    step_ratio: float = 0.25,
+    step_ratio: float = 0.5,
     chunk: int = 131_072,
 ) -> np.ndarray:
     """Colours (P, 3) in [0, 1] of surface ``points`` (P, 3) seen straight on along their ``normals`` (P, 3).
