@@ -45,7 +45,8 @@ class Settings(BaseSettings):
             or a job longer than it is delivered twice.
         checkpoint_every: steps between uploads of a job's resumable state.
         lease_ttl_s: a running job's lease lifetime; a job whose lease expired is re-enqueued.
-        reaper_interval_s: seconds between the worker's scans for jobs with an expired lease.
+        reaper_interval_s: seconds between the worker's scans for jobs with an expired lease; also how
+            often a worker's parent renews the leases of its busy children (must be below ``lease_ttl_s``).
         progress_interval_s: least seconds between two progress events of a job.
         cancel_poll_s: seconds between two reads of a job's cancel flag by its worker.
         worker_device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
@@ -129,6 +130,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_limits(self) -> "Settings":
+        if self.reaper_interval_s >= self.lease_ttl_s:
+            raise ValueError(
+                f"SJC_REAPER_INTERVAL_S ({self.reaper_interval_s}) must be below SJC_LEASE_TTL_S ({self.lease_ttl_s}): "
+                "a worker's parent renews its busy children's leases at that interval"
+            )
         if self.soft_time_limit_s >= self.hard_time_limit_s:
             raise ValueError(
                 f"SJC_SOFT_TIME_LIMIT_S ({self.soft_time_limit_s}) must be below "

@@ -51,7 +51,8 @@ def _start_reaper(sender=None, **_kwargs) -> None:
     name = getattr(sender, "hostname", None) or "worker"
     jobs = JobStore(redis_from_settings(settings), events_maxlen=settings.events_maxlen)
     _reaper = Reaper(jobs, lambda job_id: enqueue_job(app, job_id),
-                     interval=settings.reaper_interval_s, grace_s=settings.lease_ttl_s)
+                     interval=settings.reaper_interval_s, grace_s=settings.lease_ttl_s,
+                     lease_ttl_s=settings.lease_ttl_s)
     _reaper.start()
     global _sweeper
     from sjc_service.retention import Sweeper

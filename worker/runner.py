@@ -112,11 +112,12 @@ def _run(ctx: WorkerContext, rec: JobRecord, keeper: LeaseKeeper, work_dir: Path
 
             resume = load_checkpoint(state_path)
             log.info("job %s: resuming from step %d (attempt %d)", job_id, int(resume["step"]), rec.attempt)
-        if life.optimize(job_id, config.steps, int(resume["step"]) if resume is not None else None) is None:
+        resumed_from = int(resume["step"]) if resume is not None else None
+        if life.optimize(job_id, config.steps, resumed_from) is None:
             return "lost"
 
         # 3. optimise and export (the stage turns to exporting when the optimiser is done)
-        cb = JobCallbacks(ctx, job_id, keeper, int(resume["step"]) if resume is not None else 0, work_dir)
+        cb = JobCallbacks(ctx, job_id, keeper, resumed_from or 0, work_dir)
         from sjc_engine.pipeline import generate
 
         out_dir = work_dir / "out"

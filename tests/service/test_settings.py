@@ -37,3 +37,11 @@ def test_celery_app_options():
     assert c.task_acks_late and c.task_reject_on_worker_lost and c.worker_prefetch_multiplier == 1
     assert c.broker_transport_options["visibility_timeout"] == 60 > c.task_time_limit == 50 > c.task_soft_time_limit
     assert c.task_routes[TASK_NAME]["queue"] == "gpu-x"
+
+
+def test_the_reaper_interval_must_be_below_the_lease_ttl():
+    from sjc_service.settings import Settings
+
+    with pytest.raises(ValueError, match="SJC_REAPER_INTERVAL_S"):
+        Settings(lease_ttl_s=10, reaper_interval_s=10)
+    assert Settings(lease_ttl_s=10, reaper_interval_s=5).reaper_interval_s == 5

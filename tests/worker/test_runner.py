@@ -192,3 +192,31 @@ def test_a_broken_model_fails_with_model_load_error_and_no_server_path(ctx, tmp_
     err = broken_ctx.jobs.get(rec.id).error
     assert err.code == "model_load_error" and "broken" in err.message, err
     assert str(tmp_path) not in err.message and "unet/diffusion_pytorch_model.safetensors" in err.message
+
+
+def test_a_worker_parent_keeps_its_busy_childrens_leases(ctx, service_model):
+    """A child stuck in GIL-holding native code cannot renew its lease; its parent renews it for it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from worker.reaper import renew_children_leases
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    stranger = os.getppid()  # alive, but not our child
+    try:
+        host = socket.gethostname()
+        ours, _ = ctx.jobs.create("alice", _params(service_model))
+        theirs, _ = ctx.jobs.create("alice", _params(service_model))
+        for rec, pid in ((ours, child.pid), (theirs, stranger)):
+            assert ctx.jobs.leases.acquire(rec.id, f"{host}:{pid}", ttl=1.0)
+            ctx.jobs.lifecycle.start(rec.id, max_attempts=3)
+        assert renew_children_leases(ctx.jobs, ttl=60.0) == [ours.id]
+        assert ctx.jobs.redis.pttl(f"sjc:job:{ours.id}:lease") > 30_000
+        time.sleep(1.2)
+        assert ctx.jobs.leases.alive(ours.id) and not ctx.jobs.leases.alive(theirs.id)
+        assert reap_expired(ctx.jobs, lambda job_id: None, grace_s=0) == [theirs.id]
+    finally:
+        child.kill()
+        child.wait()
