@@ -57,6 +57,14 @@ def wait_logged_in(page) -> None:
     page.wait_for_selector("#submit:not([disabled])", timeout=TIMEOUT_MS)
 
 
+def wait_succeeded(page, timeout_ms: int = 300_000) -> None:
+    """Wait for the open job to finish; fail at once, with the page's error text, if it did not succeed."""
+    page.wait_for_function("() => ['succeeded', 'failed', 'canceled'].includes("
+                           "document.querySelector('#job-status').textContent)", timeout=timeout_ms)
+    status = page.locator("#job-status").text_content()
+    assert status == "succeeded", f"job {status}: {page.locator('#job-error').text_content()}"
+
+
 def object_colour(png: bytes) -> np.ndarray:
     """Mean RGB of the pixels that are not the viewer's background."""
     rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3).astype(float)
@@ -134,6 +142,15 @@ def test_refused_prompt_shows_its_message_inline(page_stack: PageStack, watch_pa
     page.click("#vocabulary [data-word='sphere']")
     assert page.locator("#prompt").input_value() == "a red sphere"
     assert error.is_hidden()
+    # every control has a label; keyboard focus is visible
+    unlabeled = page.evaluate("() => [...document.querySelectorAll('input, select')].filter(e => e.labels.length === 0)"
+                              ".map(e => e.id)")
+    assert unlabeled == []
+    page.focus("#prompt")
+    page.keyboard.press("Tab")
+    ring = page.evaluate("() => { const s = getComputedStyle(document.activeElement); "
+                         "return [document.activeElement.dataset.word, s.outlineStyle, s.outlineWidth]; }")
+    assert ring == ["red", "solid", "3px"], ring
     assert all("422" in e for e in watch.console_errors), watch.console_errors
 
 
@@ -196,7 +213,7 @@ def test_prompt_to_asset_in_the_viewer(page_stack: PageStack, watch_page, shots:
 
     # 3. a worker takes the job; the stream carries it to the end
     page_stack.start_worker()
-    page.locator("#job-status").filter(has_text="succeeded").wait_for(timeout=300_000)
+    wait_succeeded(page)
     assert page.locator("#job-progress").evaluate("el => el.value") == 100
     params = httpx.get(f"{page_stack.url}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {KEY}"},
                        timeout=10).json()["params"]
@@ -272,7 +289,7 @@ def test_local_store_links_stay_on_the_page_origin(local_page_stack: PageStack, 
     for name, value in {**RUN, "steps": "100", "grid_size": "32", "preview_every": "50"}.items():
         page.fill(f"#{name}", value)
     page.press("#prompt", "Enter")
-    page.locator("#job-status").filter(has_text="succeeded").wait_for(timeout=300_000)
+    wait_succeeded(page)
     page.wait_for_selector("#viewer[data-state='loaded']", timeout=60_000)
     page.wait_for_timeout(300)
     colour = object_colour(page.locator("#viewer canvas").screenshot())
@@ -283,4 +300,37 @@ def test_local_store_links_stay_on_the_page_origin(local_page_stack: PageStack, 
     assert httpx.get(glb, timeout=30).content[:4] == b"glTF"
     page.screenshot(path=str(shots / "page_local_store.png"), full_page=True)
     assert watch.origins() == {origin(stack.url)}, watch.origins()
+    assert watch.console_errors == [], watch.console_errors
+
+
+def test_job_list_pages_newest_first_and_opens_a_job(page_stack: PageStack, watch_page):
+    bob = {"Authorization": f"Bearer {API_KEYS['bob']}"}
+    made = []
+    for i in range(12):  # more than a page (10); each canceled at once, so the key's cap is never reached
+        r = httpx.post(page_stack.url + "/v1/jobs", json={"prompt": "a green cone", "seed": i, "steps": 5000},
+                       headers=bob, timeout=30)
+        assert r.status_code == 202, r.text
+        made.append(r.json()["id"])
+        assert httpx.post(f"{page_stack.url}/v1/jobs/{made[-1]}/cancel", headers=bob, timeout=30).status_code == 202
+
+    def all_canceled() -> bool:  # a job the worker had started stops at its next cancel check
+        page_ = httpx.get(page_stack.url + "/v1/jobs?limit=20", headers=bob, timeout=30).json()["items"]
+        return len(page_) == 12 and all(j["status"] == "canceled" for j in page_)
+
+    wait_until(all_canceled, 60, interval=0.3, what="bob's jobs to be canceled")
+    watch = watch_page()
+    page = watch.page
+    log_in(watch, page_stack, API_KEYS["bob"])
+    items = page.locator("#job-list .job-item")
+    items.nth(9).wait_for(timeout=TIMEOUT_MS)
+    assert items.count() == 10
+    page.click("#more-jobs")
+    items.nth(11).wait_for(timeout=TIMEOUT_MS)
+    assert page.locator("#more-jobs").is_hidden()
+    shown = [items.nth(i).get_attribute("data-job-id") for i in range(items.count())]
+    assert shown == made[::-1]
+    assert set(page.locator("#job-list .badge").all_text_contents()) == {"canceled"}
+    items.nth(11).click()
+    page.locator("#job-id").filter(has_text=made[0]).wait_for(timeout=TIMEOUT_MS)
+    page.locator("#job-status").filter(has_text="canceled").wait_for(timeout=TIMEOUT_MS)
     assert watch.console_errors == [], watch.console_errors

@@ -21,6 +21,7 @@ export class JobView {
   private queuePoll = 0;
   private artifactsBusy = false;
   private artifactsAgain = false;
+  private opening = 0;
 
   constructor(
     private readonly getApi: () => Api | null,
@@ -39,6 +40,7 @@ export class JobView {
     const api = this.getApi();
     if (!api) return;
     this.close();
+    const opening = ++this.opening;
     this.section.hidden = false;
     byId("job-id").textContent = id;
     this.setNote("");
@@ -48,10 +50,12 @@ export class JobView {
     try {
       job = await api.job(id);
     } catch (err) {
+      if (opening !== this.opening) return;
       this.setNote(describeError(err), true);
       saveOpenJob(null);
       return;
     }
+    if (opening !== this.opening) return; // another job was opened meanwhile
     this.job = job;
     saveOpenJob({ id, lastEventId });
     this.render();

@@ -116,7 +116,7 @@ export class JobStream {
       if (this.stopped) return true;
       throw new ApiError(0, "Network error", `the event stream broke: ${String(err)}`);
     } finally {
-      reader.releaseLock();
+      reader.cancel().catch(() => undefined); // close the connection whatever ended the loop
     }
   }
 

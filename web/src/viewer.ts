@@ -5,11 +5,13 @@
 import {
   Box3,
   Color,
+  Mesh,
   Object3D,
   PerspectiveCamera,
   PMREMGenerator,
   Scene,
   Sphere,
+  Texture,
   Vector3,
   WebGLRenderer,
 } from "three";
@@ -79,8 +81,20 @@ export class Viewer {
     this.requestRender();
   }
 
+  /** Remove the model and free its GPU buffers and textures. */
   clear(): void {
-    if (this.model) this.scene.remove(this.model);
+    if (this.model) {
+      this.scene.remove(this.model);
+      this.model.traverse((node) => {
+        const mesh = node as Mesh;
+        if (!mesh.isMesh) return;
+        mesh.geometry.dispose();
+        for (const material of Array.isArray(mesh.material) ? mesh.material : [mesh.material]) {
+          for (const value of Object.values(material)) if (value instanceof Texture) value.dispose();
+          material.dispose();
+        }
+      });
+    }
     this.model = null;
     this.setState("empty");
     this.requestRender();
