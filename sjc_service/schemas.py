@@ -127,3 +127,9 @@ class JobRecord(BaseModel):
     artifacts: list[Artifact] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list, description="outputs skipped and why (e.g. no mesh surface)")
     cancel_requested: bool = False
+
+    @field_validator("stage", mode="before")
+    @classmethod
+    def _legacy_stage(cls, value: Any) -> Any:
+        """Records written before the Stage enum named a succeeded job's stage ``"succeeded"``."""
+        return Stage.done if value == "succeeded" else value

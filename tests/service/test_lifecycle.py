@@ -133,3 +133,10 @@ def test_cancel_queued_running_finished(jobs):
     assert stopped.status == JobStatus.canceled and stopped.stage == Stage.canceled
 
     assert jobs.lifecycle.request_cancel("missing") == (None, False)
+
+
+def test_records_of_the_old_layout_still_load(jobs, redis_client):
+    """Before the Stage enum a succeeded job's stage was stored as "succeeded"."""
+    rec, _ = jobs.create("alice", spec())
+    redis_client.hset(f"sjc:job:{rec.id}", mapping={"status": '"succeeded"', "stage": '"succeeded"'})
+    assert jobs.get(rec.id).stage == Stage.done
