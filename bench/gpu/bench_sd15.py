@@ -8,8 +8,8 @@ Measured (``--device cuda``):
 - the SJC loop (grid 100, render 64, guidance 100, one noise sample, no previews): steps per second, the minutes
   10,000 steps would take, the share of a step spent outside the UNet (CUDA events around every UNet call),
   and peak VRAM (``torch.cuda.max_memory_allocated``);
-- with ``--compile``: the UNet call under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs), and its
-  compile time.
+- with ``--compile`` (or ``--compile-only``, which adds to an earlier run's JSON): the UNet call (channels_last)
+  under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs), and its compile time.
 
 ``--tiny`` swaps in a tiny UNet and grid (the CPU dry run of ``bench/gpu_check.sh``). Writes one JSON file.
 
@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300, help="measured SJC steps (default 300)")
     p.add_argument("--iters", type=int, default=50, help="timed UNet calls (default 50)")
     p.add_argument("--compile", action="store_true", help="also time the UNet under torch.compile (CUDA graphs)")
+    p.add_argument("--compile-only", action="store_true",
+                   help="time only the compiled UNet and add it to the figures already in --out")
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = p.parse_args(argv)
 
@@ -162,19 +164,23 @@ def main(argv: list[str] | None = None) -> int:
     }
     if device.type == "cuda":
         res["weights_vram_gb"] = torch.cuda.memory_allocated() / 2**30
+    if args.compile_only:
+        res = json.loads(args.out.read_text())
 
     def save() -> None:  # after every figure: a stage cut short by its time limit keeps what it measured
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=2))
 
     warmup = 3 if args.tiny else 10
-    res["unet_ms"] = time_unet(den, clock, warmup, args.iters)
-    res.update(time_sjc(den, clock, args.steps, grid, render))
-    save()
+    if not args.compile_only:
+        res["unet_ms"] = time_unet(den, clock, warmup, args.iters)
+        res.update(time_sjc(den, clock, args.steps, grid, render))
+        save()
     den.unet.to(memory_format=torch.channels_last)
-    res["unet_ms_channels_last"] = time_unet(den, clock, warmup, args.iters)
-    save()
-    if args.compile:
+    if not args.compile_only:
+        res["unet_ms_channels_last"] = time_unet(den, clock, warmup, args.iters)
+        save()
+    if args.compile or args.compile_only:
         t0 = time.perf_counter()
         compiled = torch.compile(den.unet, mode="reduce-overhead")
         size, cond = den.image_size, den.encode_prompt("a red cube")

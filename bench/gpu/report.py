@@ -61,6 +61,8 @@ def report(folder: Path) -> str:
         if "unet_ms_compiled" in sd:
             lines.append(f"| same, torch.compile reduce-overhead, ms (compile {_fmt(sd['compile_s'])} s) | "
                          f"{_fmt(sd['unet_ms_compiled'])} | |")
+        elif not sd.get("tiny"):
+            lines.append("| same, torch.compile reduce-overhead, ms | not measured (see compile.log) | |")
         lines.append(f"| SJC steps per second ({sd['sjc_steps']} steps) | {_fmt(sd['steps_per_s'])} | |")
         for key, (limit, what) in TARGETS.items():
             if key in sd:
