@@ -66,7 +66,7 @@ stage env 90 "$PY" bench/gpu/install_wheels.py --wheels "$WHEELS" --target "$SIT
 export PYTHONPATH=$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 "$PY" - "$RESULTS/env.json" "$MODE" <<'PYEOF' || { log "error: the engine does not import"; exit 2; }
-import datetime, json, platform, subprocess, sys
+import datetime, json, platform, sys
 import torch, diffusers, transformers, sjc_engine.denoisers.loader  # noqa: F401  (the engine must import)
 mode = sys.argv[2]
 if mode == "cuda" and not torch.cuda.is_available():

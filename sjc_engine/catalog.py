@@ -110,7 +110,7 @@ def _info_from_path(name: str, path: Path) -> ModelInfo:
             path=path,
             kind=meta.get("kind", "pixel"),
             vocabulary=meta.get("vocabulary"),
-            defaults=meta.get("defaults", {}),
+            defaults={**_unet_size_defaults(path), **meta.get("defaults", {})},
             description=meta.get("description", ""),
         )
     index = path / "model_index.json"

@@ -1,6 +1,8 @@
 """Latent models render at their UNet's size: SD 2.x 768 (sample_size 96) at 96, not at 64 and resized."""
 
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,3 +47,12 @@ def test_single_file_takes_the_size_from_its_config_folder(sd_24, tmp_path):
     f = tmp_path / "sd2.safetensors"
     save_file({"x": torch.zeros(1)}, f)
     assert resolve_model(str(f)).defaults == {"render_size": SIZE}
+
+
+def test_model_metadata_keeps_the_unet_size_unless_it_sets_one(sd_24, tmp_path):
+    folder = Path(shutil.copytree(sd_24, tmp_path / "sd-meta"))
+    meta = folder / "sjc_model.json"
+    meta.write_text(json.dumps({"kind": "latent", "defaults": {"guidance_scale": 50.0}}))
+    assert resolve_model(str(folder)).defaults == {"render_size": SIZE, "guidance_scale": 50.0}
+    meta.write_text(json.dumps({"kind": "latent", "defaults": {"render_size": 32}}))
+    assert resolve_model(str(folder)).defaults == {"render_size": 32}
