@@ -79,11 +79,11 @@ def files_to_load(folder: Path, variant: str | None) -> list[Path]:
     for suffix in (".safetensors", ".bin"):
         chosen = [f for f in files if f.suffix == suffix or f.name.endswith(f"{suffix}.index.json")
                   or (variant and f.name.endswith(f"{suffix}.index.{variant}.json"))]
+        indexes = [f for f in chosen if f.suffix == ".json"]
+        if indexes:  # sharded: the shards the index lists (a missing one is then reported by name)
+            return sorted({shard for index in indexes for shard in _shards(index)})
         if chosen:
-            out: list[Path] = []
-            for f in chosen:
-                out.extend(_shards(f) if f.suffix == ".json" else [f])
-            return out
+            return chosen
     return []
 
 
