@@ -75,3 +75,11 @@ class ModelLoadError(RuntimeError):
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self) -> tuple:
+        """Pickles with all its fields (process pools and task queues pickle exceptions)."""
+        return (_rebuild, (str(self.file), self.reason, str(self.root) if self.root else None, self.model, self.detail))
+
+
+def _rebuild(file: str, reason: str, root: str | None, model: str | None, detail: str | None) -> ModelLoadError:
+    return ModelLoadError(file, reason, root=root, model=model, detail=detail)

@@ -5,6 +5,7 @@ scheduler, unreadable JSON) is a ``ModelLoadError`` whose message names the file
 names it relative to the model folder, without server paths; the CLI prints it on one line and exits 2.
 """
 
+import pickle
 import shutil
 from pathlib import Path
 
@@ -161,3 +162,11 @@ def test_truncated_shard_names_the_shard(sd_copy):
     shard = _shard_unet(sd_copy, "fp16")[1]
     shard.write_bytes(shard.read_bytes()[:-10])
     _expect_load_error(sd_copy, shard.relative_to(sd_copy), "truncated safetensors")
+
+
+def test_load_error_survives_pickling(tmp_path):
+    e = ModelLoadError(tmp_path / "m" / "unet" / "w.safetensors", "truncated", root=tmp_path / "m", model="m",
+                       detail="OSError: at /srv/x")
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is ModelLoadError and str(back) == str(e) and back.public_message == e.public_message
+    assert back.public_message == "model 'm' could not be loaded: unet/w.safetensors: truncated"
