@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from web.tools.glb_viewer import StockViewer  # noqa: E402
 
-PROMPTS = ("green_sphere", "blue_torus", "orange_cylinder", "yellow_cone", "red_cube")
+MAX_ROWS = 5
 AZIMUTHS = (35.0, 125.0, 215.0)
 TILE = 192
 
@@ -32,8 +32,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--assets", type=Path, default=ROOT / ".sjc" / "bench_assets", help="bench_quality.py --assets")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "hero.png")
+    p.add_argument("--names", nargs="*", default=None,
+                   help="asset folders to show, e.g. green_sphere (default: every folder with a mesh.glb, at most 5)")
     a = p.parse_args(argv)
-    rows = [name for name in PROMPTS if (a.assets / name / "mesh.glb").is_file()]
+    names = a.names
+    if not names:
+        names = sorted(d.name for d in a.assets.iterdir() if d.is_dir()) if a.assets.is_dir() else []
+    rows = [n for n in names if (a.assets / n / "mesh.glb").is_file() and (a.assets / n / "thumbnail.png").is_file()]
+    rows = rows[:MAX_ROWS]
     if not rows:
         raise SystemExit(f"no assets under {a.assets}: run bench/bench_quality.py first")
     hero = Image.new("RGB", (TILE * (1 + len(AZIMUTHS)), TILE * len(rows)), "white")

@@ -181,5 +181,6 @@ def extract_surface(
 
 
 def _clean_march(field: VoxelField, side: int, threshold: float, keep_ratio: float) -> trimesh.Trimesh:
+    """Steps 1-4: sample at ``side``^3 nodes, close, march, drop floaters."""
     density, spacing = sample_density(field, side)
     return remove_floaters(march(close_volume(density, threshold), threshold, spacing, -field.bbox), keep_ratio)
