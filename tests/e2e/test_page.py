@@ -213,6 +213,10 @@ def test_prompt_to_asset_in_the_viewer(page_stack: PageStack, watch_page, shots:
 
     # 3. a worker takes the job; the stream carries it to the end
     page_stack.start_worker()
+    running = page.locator("#job-progress-text").filter(has_text="left")
+    running.or_(page.locator("#job-status").filter(has_text="succeeded")).wait_for(timeout=300_000)
+    if running.is_visible():  # a short run may finish between two looks: the picture is a bonus
+        page.screenshot(path=str(shots / "page_running.png"))
     wait_succeeded(page)
     assert page.locator("#job-progress").evaluate("el => el.value") == 100
     params = httpx.get(f"{page_stack.url}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {KEY}"},
