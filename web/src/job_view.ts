@@ -66,7 +66,7 @@ export class JobView {
     this.follow(api, id, lastEventId);
   }
 
-  /** Stop following the open job (the page keeps what it shows). */
+  /** Stop following the open job and clear its result (previews, downloads, video, mesh). */
   close(): void {
     this.stream?.stop();
     this.stream = null;
