@@ -1,0 +1,89 @@
+"""A/B of SJC settings or embedded-model weights on the quality bench's prompts, SJC only (no exports).
+
+For each prompt of ``bench/bench_quality.py`` it runs ``run_sjc`` with the model's defaults plus the overrides
+given as ``key=value`` (any :class:`~sjc_engine.config.SJCConfig` field; ``model=PATH`` picks other weights) and
+scores the field: IoU at the mesh threshold against every analytic shape (best of 24 yaw angles), whether the
+prompt's shape is the best match, for a torus whether the hole is open (no occupied node in a 5 x 5 column of
+nodes through the centre), and the colour as ``bench_quality.py`` judges it. Faster than the full bench (no
+mesh, video or texture), so settings and weights can be compared side by side on a busy machine.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json steps=400
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json steps=400 model=.sjc/embedded_v2
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PROMPTS = [("cube", "red"), ("cube", "cyan"), ("sphere", "green"), ("sphere", "purple"), ("cone", "yellow"),
+           ("cone", "blue"), ("cylinder", "orange"), ("cylinder", "pink"), ("torus", "blue"), ("torus", "red")]
+
+
+def parse_overrides(items: list[str]) -> tuple[str, dict]:
+    """``key=value`` strings to (model, SJCConfig overrides typed like the config's defaults)."""
+    from sjc_engine.config import SJCConfig
+
+    model, kw = "embedded", {}
+    defaults = SJCConfig(prompt="x")
+    for item in items:
+        key, _, value = item.partition("=")
+        if key == "model":
+            model = value
+            continue
+        if not hasattr(defaults, key):
+            raise SystemExit(f"unknown setting {key!r}")
+        current = getattr(defaults, key)
+        kw[key] = value == "1" if isinstance(current, bool) else type(current)(value) if current is not None else float(value)
+    return model, kw
+
+
+def main(argv: list[str]) -> None:
+    from sjc_engine.denoisers.loader import load_denoiser
+    from sjc_engine.optimize import run_sjc
+    from sjc_engine.pipeline import build_config
+    from training.dataset import ProceduralDataset, nearest_color
+    from training.metrics import object_color, yaw_iou
+    from training.shapes import SHAPES
+
+    out = Path(argv[0])
+    model, kw = parse_overrides(argv[1:])
+    den = load_denoiser(model, device="cpu", half=False)
+    refs = ProceduralDataset(seed=0, views_per_shape=16, size=32).reference_colors()
+    rows = []
+    for shape, color in PROMPTS:
+        cfg = build_config(f"a {color} {shape}", model, device="cpu", seed=0, **kw)
+        t0 = time.time()
+        field = run_sjc(cfg, den).field
+        wall = time.time() - t0
+        occ = field.occupancy(cfg.mesh_threshold)
+        ious = {s: yaw_iou(occ, field.grid_points(), s)[0] for s in SHAPES}
+        c = field.grid_size // 2
+        hole = bool(occ[c - 2 : c + 3, :, c - 2 : c + 3].sum() == 0) if shape == "torus" else None
+        rgb, _ = object_color(field, den.decode, cfg.cam_radius, cfg.test_fov_deg, cfg.render_size)
+        row = {"prompt": f"a {color} {shape}", "iou": round(ious[shape], 3), "best": max(ious, key=ious.get),
+               "hole": hole, "color_ok": bool(rgb) and nearest_color(rgb, refs) == color, "sjc_s": round(wall, 1)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    ious = [r["iou"] for r in rows]
+    summary = {
+        "overrides": kw, "model": model, "median_iou": statistics.median(ious), "worst_iou": min(ious),
+        "shapes_matched": sum(r["best"] == r["prompt"].split()[-1] for r in rows),
+        "cubes_as_cubes": all(r["best"] == "cube" for r in rows if r["prompt"].endswith("cube")),
+        "tori_open": [r["hole"] for r in rows if r["hole"] is not None], "colours_ok": sum(r["color_ok"] for r in rows),
+    }
+    print(json.dumps(summary))
+    out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        raise SystemExit(__doc__)
+    main(sys.argv[1:])
