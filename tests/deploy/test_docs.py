@@ -10,7 +10,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 CLIENT_ONLY = {"SJC_SERVER", "SJC_API_KEY", "SJC_VENV", "SJC_TORCH_INDEX_URL", "SJC_DEMO_KEEP"}
-ENGINE_ENV = {"SJC_NATIVE", "SJC_NATIVE_CACHE"}  # read by sjc_engine.native.build
+# engine environment variables and the file that reads each
+ENGINE_ENV = {
+    "SJC_NATIVE": "sjc_engine/native/build.py",
+    "SJC_NATIVE_CACHE": "sjc_engine/native/build.py",
+    "SJC_THREADS": "sjc_engine/threads.py",
+}
+GPU_CHECK_ENV = {"SJC_GPU_CHECK_DEVICE", "SJC_GPU_CHECK_OUT", "SJC_GPU_CHECK_WORK"}  # read by bench/gpu_check.sh
 
 
 def section(title: str) -> str:
@@ -27,7 +33,7 @@ def test_every_service_setting_is_documented_and_nothing_else():
     documented = set(re.findall(r"^\| `(SJC_[A-Z0-9_]+)` \|", table, flags=re.M))
     assert documented == fields, f"missing: {sorted(fields - documented)}, unknown: {sorted(documented - fields)}"
     mentioned = set(re.findall(r"\bSJC_[A-Z0-9_]+\b", README))
-    known = fields | CLIENT_ONLY | ENGINE_ENV
+    known = fields | CLIENT_ONLY | set(ENGINE_ENV) | GPU_CHECK_ENV
     assert mentioned <= known, f"README names unknown variables: {sorted(mentioned - known)}"
 
 
@@ -85,6 +91,8 @@ def test_engine_cli_flags_in_the_readme_exist():
 
 
 def test_engine_environment_variables_named_in_the_readme_are_read_by_the_engine():
-    source = (ROOT / "sjc_engine" / "native" / "build.py").read_text()
-    for name in ENGINE_ENV:
-        assert name in README and f'"{name}"' in source, name
+    for name, reader in ENGINE_ENV.items():
+        assert name in README and f'"{name}"' in (ROOT / reader).read_text(), name
+    gpu_check = (ROOT / "bench" / "gpu_check.sh").read_text()
+    for name in GPU_CHECK_ENV:
+        assert name in gpu_check, name
