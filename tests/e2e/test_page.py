@@ -203,6 +203,9 @@ def test_prompt_to_asset_in_the_viewer(page_stack: PageStack, watch_page, shots:
     page.screenshot(path=str(shots / "page_queued.png"))
 
     # 2. a reload reconnects to the open job's events from the last event seen
+    # (the status can come from the create response before the stream's first event is read)
+    page.wait_for_function("() => (JSON.parse(localStorage.getItem('sjc.openJob')) || {}).lastEventId",
+                           timeout=TIMEOUT_MS)
     saved = page.evaluate("JSON.parse(localStorage.getItem('sjc.openJob'))")
     assert saved["id"] == job_id and saved["lastEventId"]
     page.reload()
