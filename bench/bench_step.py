@@ -22,11 +22,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from sjc_engine.threads import apply_openmp_defaults  # noqa: E402
+
+apply_openmp_defaults()  # as the CLI and the worker do, before torch loads OpenMP
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from sjc_engine.cameras import sample_camera, view_prompt  # noqa: E402
 from sjc_engine.config import SJCConfig  # noqa: E402
