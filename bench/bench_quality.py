@@ -177,7 +177,7 @@ def write_report(rows: list[dict], path: Path, command: str, config_defaults: di
         "IoU: field occupancy at `config.mesh_threshold` vs the analytic object at the grid nodes, best of 24 yaw angles. "
         "Colour: mean decoded RGB of pixels with opacity > 0.5 over 8 turntable views, nearest palette colour "
         "(as the training renders shade it). Mesh IoU / Chamfer: the exported mesh (after the whole export) against "
-        "the analytic object turned by the best yaw (volume IoU at 0.01 voxels; symmetric Chamfer, mean of both "
+        "the analytic object turned by the best yaw (volume IoU, voxelised at 0.01; symmetric Chamfer, mean of both "
         "directions, world units; the object is ~0.9 wide). Wall: the whole asset (SJC + field, video, mesh, previews); "
         "export: the exports alone.",
         "",
@@ -234,7 +234,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rescore", action="store_true",
                    help="no runs: re-score the meshes kept under --assets for the rows in --json, rewrite the report")
     a = p.parse_args(argv)
-    command = "OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "") + " .venv/bin/python bench/bench_quality.py " + " ".join(argv or sys.argv[1:])
+    args = list(argv or sys.argv[1:])
+    if "--notes" in args:  # the notes go into the report, not into its command line
+        i = args.index("--notes")
+        del args[i : i + 2]
+    command = "OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "") + " .venv/bin/python bench/bench_quality.py " + " ".join(args)
     if a.rescore:
         from sjc_engine.catalog import resolve_model
 
