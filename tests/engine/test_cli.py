@@ -29,7 +29,8 @@ def test_generate_writes_every_file(generated, capsys):
     previews = sorted((out / "previews").glob("*.png"))
     assert [p.name for p in previews] == ["step_000002.png", "step_000004.png"]  # the model's preview_every=2
     img = iio.imread(previews[0])
-    assert img.shape == (16, 16, 3) and img.dtype == np.uint8
+    assert img.shape == (256, 256, 3) and img.dtype == np.uint8  # shown at display_size (default 256)
+    assert img.std() > 0  # a rendering, not a blank
 
 
 def test_generate_files_load_back(generated):

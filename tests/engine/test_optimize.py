@@ -110,12 +110,12 @@ def test_cancel_stops_early_with_a_final_checkpoint():
 def test_reports_losses_and_previews():
     den = oracle()
     rec = Recorder()
-    run_sjc(small_config(steps=4, preview_every=2, center_depth_weight=0.5), den, rec)
+    run_sjc(small_config(steps=4, preview_every=2, center_depth_weight=0.5, display_size=40), den, rec)
     assert [r.step for r in rec.reports] == [1, 2, 3, 4] and rec.reports[0].total == 4
     assert {"score", "emptiness", "center_depth"} <= set(rec.reports[0].losses)
     assert all(np.isfinite(v) for r in rec.reports for v in r.losses.values())
     previews = [r.preview for r in rec.reports if r.preview is not None]
-    assert len(previews) == 2 and previews[0].shape == (12, 12, 3) and previews[0].dtype == np.uint8
+    assert len(previews) == 2 and previews[0].shape == (40, 40, 3) and previews[0].dtype == np.uint8
     assert all(0.05 <= r.sigma <= 2.0 for r in rec.reports)
 
 
@@ -137,7 +137,7 @@ def test_sigma_schedules():
 def test_tiny_stable_diffusion_drives_the_loop(tiny_sd_dir):
     den = load_denoiser(str(tiny_sd_dir), device="cpu")
     cfg = small_config(steps=3, render_size=16, guidance_scale=7.5, sigma_min=None, sigma_max=None,
-                       preview_every=3, checkpoint_every=2)
+                       preview_every=3, checkpoint_every=2, display_size=32)
     rec = Recorder()
     res = run_sjc(cfg, den, rec)
     assert rec.states[3]["field_args"]["channels"] == 4
