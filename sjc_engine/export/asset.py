@@ -26,7 +26,7 @@ from torch import Tensor
 
 from sjc_engine.cameras import spherical_camera
 from sjc_engine.config import SJCConfig
-from sjc_engine.export.colors import identity_decode, local_colors, projected_colors, color_views
+from sjc_engine.export.colors import pixel_decode, local_colors, projected_colors, color_views
 from sjc_engine.export.crop import crop_to_content
 from sjc_engine.export.formats import MESH_FORMATS
 from sjc_engine.field import VoxelField
@@ -100,7 +100,7 @@ def export_asset(
         outputs: which of ``"video"``, ``"mesh"``, ``"previews"`` were asked for (others are ignored here).
         mesh_formats: which of :data:`MESH_FORMATS`.
     """
-    decode = decode or identity_decode
+    decode = decode or pixel_decode
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = ExportResult()

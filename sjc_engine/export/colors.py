@@ -31,7 +31,7 @@ from sjc_engine.renderer import render_image
 Decode = Callable[[Tensor], Tensor]
 
 
-def identity_decode(x: Tensor) -> Tensor:
+def pixel_decode(x: Tensor) -> Tensor:
     """Pixel-space features in [-1, 1] to RGB in [0, 1] (the first three channels)."""
     return ((x.clamp(-1, 1) + 1) / 2)[:, :3]
 
@@ -41,7 +41,7 @@ def local_colors(
     field: VoxelField,
     points: np.ndarray,
     normals: np.ndarray,
-    decode: Decode = identity_decode,
+    decode: Decode = pixel_decode,
     outside_voxels: float = 2.0,
     inside_voxels: float = 4.0,
     step_ratio: float = 0.5,
@@ -163,7 +163,7 @@ def surface_colors(
     """sRGB colours (P, 3) in [0, 1] at surface points: :func:`local_colors` for pixel features,
     :func:`projected_colors` (``views`` renderings of ``view_size`` pixels before decoding, at ``radius``,
     default ``2.2 * bbox``) for latent ones."""
-    decode = decode or identity_decode
+    decode = decode or pixel_decode
     if not is_latent:
         return local_colors(field, points, normals, decode)
     cams = color_views(views, view_size, radius or 2.2 * field.bbox, fov_deg)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from sjc_engine.cameras import turntable
-from sjc_engine.export.colors import identity_decode
+from sjc_engine.export.colors import pixel_decode
 from sjc_engine.export.images import colorize_depth, to_uint8_image
 from sjc_engine.field import VoxelField
 from sjc_engine.renderer import render_image
@@ -49,7 +49,7 @@ def render_turntable(
     """
     if n_frames < 1:
         raise ValueError(f"n_frames must be >= 1, got {n_frames}")
-    decode = decode or identity_decode
+    decode = decode or pixel_decode
     cams = turntable(n_frames, size, radius=radius, elevation_deg=elevation_deg, fov_deg=fov_deg)
     frames: list[np.ndarray] = []
     for s in range(0, n_frames, batch):
