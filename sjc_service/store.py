@@ -243,9 +243,12 @@ class S3Store:
         return len(keys)
 
     def presign_get(self, key: str, expires_s: int) -> str:
-        return self.public_client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": check_key(key)}, ExpiresIn=int(expires_s)
-        )
+        """A GET link on the public endpoint. It asks the store to answer with ``Content-Disposition:
+        attachment`` and the file's name, so a link opened from another origin (the web page) saves the file
+        under its name (a cross-origin ``<a download>`` is ignored); images, video and fetches ignore it."""
+        name = PurePosixPath(check_key(key)).name.replace('"', "")
+        params = {"Bucket": self.bucket, "Key": key, "ResponseContentDisposition": f'attachment; filename="{name}"'}
+        return self.public_client.generate_presigned_url("get_object", Params=params, ExpiresIn=int(expires_s))
 
     def ping(self) -> None:
         """Raise if the bucket cannot be reached."""

@@ -49,6 +49,7 @@ def test_s3_roundtrip_types_and_presigned_get(s3_store, tmp_path):
         r = httpx.get(url, timeout=10)
         assert r.status_code == 200 and r.content == data
         assert r.headers["content-type"] == EXPECTED_TYPES[name]
+        assert r.headers["content-disposition"] == f'attachment; filename="{name.split("/")[-1]}"'
     listed = {o.key: o.size for o in s3_store.list("jobs/j1/")}
     assert listed == {f"jobs/j1/{n}": len(d) for n, d in payload.items()}
     assert s3_store.head("jobs/j1/missing.glb") is None
