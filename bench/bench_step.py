@@ -36,6 +36,7 @@ from sjc_engine.cameras import sample_camera, view_prompt  # noqa: E402
 from sjc_engine.config import SJCConfig  # noqa: E402
 from sjc_engine.denoisers.diffusers_denoiser import DiffusersDenoiser  # noqa: E402
 from sjc_engine.losses import emptiness_loss  # noqa: E402
+from sjc_engine.native.adamax import FusedAdamax  # noqa: E402
 from sjc_engine.paas import paas_grad  # noqa: E402
 from sjc_engine.sigmas import SigmaSchedule  # noqa: E402
 
@@ -110,7 +111,7 @@ def bench(cfg: SJCConfig, den: DiffusersDenoiser, device: torch.device, steps: i
     rng = np.random.default_rng(0)
     gen = torch.Generator().manual_seed(0)
     field = VoxelField(cfg.grid_size, den.channels, cfg.bbox, cfg.density_shift).to(device)
-    opt = torch.optim.Adamax(field.param_groups(cfg.lr, cfg.bg_lr), lr=cfg.lr)
+    opt = FusedAdamax(field.param_groups(cfg.lr, cfg.bg_lr), lr=cfg.lr)
     sched = SigmaSchedule.from_config(den.sigmas, cfg)
 
     def sync() -> float:

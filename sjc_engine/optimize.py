@@ -6,7 +6,8 @@ Per step (pals-ttic/sjc ``run_sjc.py``, with callbacks, checkpoints and exact re
 2. render the field: image ``y`` (1, C, H, W), depth, compositing weights;
 3. pick sigma (random over the trimmed ticks, or annealed) and compute the PAAS gradient on ``y``;
 4. backward ``-grad`` through the renderer (a vector-Jacobian product) together with the emptiness and
-   center-depth losses, then one Adamax step.
+   center-depth losses, then one Adamax step (:class:`~sjc_engine.native.adamax.FusedAdamax`: torch's Adamax,
+   bit for bit, with a one-pass C step on the CPU grids).
 
 Every ``occupancy.every`` steps the field's occupancy grid is rebuilt from its density (empty-space skipping,
 :mod:`sjc_engine.occupancy`); it is part of the resumable state, and rebuilt once more at the end so renders of
@@ -34,6 +35,7 @@ from sjc_engine.config import SJCConfig
 from sjc_engine.denoisers.base import Denoiser
 from sjc_engine.field import VoxelField
 from sjc_engine.losses import center_depth_loss, emptiness_loss, emptiness_weight
+from sjc_engine.native.adamax import FusedAdamax
 from sjc_engine.occupancy import DEFAULT_SETTINGS, OccupancyGrid, OccupancySettings
 from sjc_engine.paas import paas_grad
 from sjc_engine.renderer import render_image
@@ -193,7 +195,7 @@ def run_sjc(
     march_step = config.step_ratio * field.voxel_size
 
     # 2. optimiser, schedule, conditioning
-    opt = torch.optim.Adamax(field.param_groups(config.lr, config.bg_lr), lr=config.lr)
+    opt = FusedAdamax(field.param_groups(config.lr, config.bg_lr), lr=config.lr)
     start = 0
     if resume is not None:
         opt.load_state_dict(resume["optimizer"])

@@ -1,4 +1,4 @@
-"""Build, cache and load the C kernels (``trilinear.c``, ``composite.c`` beside this file) with ``ctypes``.
+"""Build, cache and load the C kernels (``trilinear.c``, ``composite.c``, ``adamax.c`` beside this file) with ``ctypes``.
 
 The sources are compiled once with the system C compiler (``$CC``, default ``cc``) into one shared library,
 with AVX2/FMA code where the CPU has it (falling back to plain flags if that build fails), and cached in
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-SOURCES = ("trilinear.c", "composite.c")  # in this folder, compiled together into one library
+SOURCES = ("trilinear.c", "composite.c", "adamax.c")  # in this folder, compiled together into one library
 NATIVE_DTYPES = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}  # dtype -> (C type, suffix)
 BASE_FLAGS = ["-O3", "-shared", "-fPIC"]
 _X86_V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}  # /proc/cpuinfo names
@@ -57,8 +57,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"tri_bwd_{suf}").argtypes = [vp, vp, vp, i64, i64, i64, i64, vp, i64, i64, vp]
         getattr(lib, f"comp_fwd_{suf}").argtypes = [vp, vp, i64, vp, fl, vp, i64, i64, i64, fl, vp, vp, vp, vp]
         getattr(lib, f"comp_bwd_{suf}").argtypes = [vp, vp, i64, vp, fl, vp, i64, i64, i64, fl] + [vp] * 7
-        for name in ("tri_fwd", "tri_bwd", "comp_fwd", "comp_bwd"):
+        getattr(lib, f"adamax_{suf}").argtypes = [vp, vp, vp, vp, i64, i64, fl, fl, fl, fl]
+        for name in ("tri_fwd", "tri_bwd", "comp_fwd", "comp_bwd", "adamax"):
             getattr(lib, f"{name}_{suf}").restype = None
+    lib.adamax_hw_fma.argtypes, lib.adamax_hw_fma.restype = [], ctypes.c_int
 
 
 def build_native() -> ctypes.CDLL | None:
@@ -90,8 +92,8 @@ def build_native() -> ctypes.CDLL | None:
             detail = (getattr(e, "stderr", b"") or b"").decode(errors="replace")[:500]
             errors.append(f"{' '.join(flags)}: {e} {detail}")
     if lib is None:
-        warnings.warn(f"building the C kernels failed ({'; '.join(errors)}): trilinear lookups and "
-                      "compositing use the slower torch path", RuntimeWarning)
+        warnings.warn(f"building the C kernels failed ({'; '.join(errors)}): trilinear lookups, "
+                      "compositing and Adamax use the slower torch path", RuntimeWarning)
         return None
     _declare(lib)
     return lib
