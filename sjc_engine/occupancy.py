@@ -129,6 +129,33 @@ class OccupancyGrid:
         return self.bits.view(-1)[(i0[:, 0] * g + i0[:, 1]) * g + i0[:, 2]].bool()
 
 
+    @torch.no_grad()
+    def sample_range(self, start: Tensor, delta: Tensor, counts: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """Per ray, the samples that can meet an occupied cell: ``(first, count)`` (R,) int64 each, so samples
+        ``i < first`` and ``i >= first + count`` (of ``start + i * delta``, ``i < counts``, voxel index
+        coordinates) lie outside the occupied cells' bounding box (a margin of one sample each side); a lookup
+        skips them anyway, so rays can start at ``first`` with ``count`` samples and nothing changes."""
+        R, dev = start.shape[0], start.device
+        occupied = self.bits.to(dev).nonzero()  # (M, 3) coarse cells
+        if occupied.numel() == 0:
+            zero = torch.zeros(R, dtype=torch.long, device=dev)
+            return zero, zero
+        lo_c = occupied.amin(0) * self.cell  # (3,) first occupied fine cell
+        hi_c = ((occupied.amax(0) + 1) * self.cell).clamp(max=n - 1)  # (3,) past the last one
+        inf = torch.tensor(float("inf"), dtype=torch.float64, device=dev)
+        lo = torch.where(lo_c > 0, lo_c.double(), -inf)  # points clamp into cell 0 and n - 2 from outside
+        hi = torch.where(hi_c < n - 1, hi_c.double(), inf)
+        s, d = start.detach().double(), delta.detach().double()  # (R, 3)
+        inside = (s >= lo) & (s < hi)  # (R, 3) for axes the ray runs parallel to
+        safe = torch.where(d == 0, torch.ones_like(d), d)
+        a, b = (lo - s) / safe, (hi - s) / safe
+        enter = torch.where(d == 0, torch.where(inside, -inf, inf), torch.minimum(a, b)).amax(1)  # (R,)
+        leave = torch.where(d == 0, torch.where(inside, inf, -inf), torch.maximum(a, b)).amin(1)  # (R,)
+        top = counts.double()  # NaN bounds (NaN rays) keep every sample
+        first = torch.where(enter.isnan(), 0.0, enter.floor() - 1).clamp(min=0).minimum(top)
+        end = torch.where(leave.isnan(), top, leave.floor() + 2).clamp(min=0).minimum(top)
+        return first.long(), (end - first).clamp(min=0).long()
+
 def coarse_cells(grid_size: int, cell: int) -> int:
     """Coarse cells per side for an ``n^3`` node grid (``n - 1`` voxels per side)."""
     return -(-(grid_size - 1) // cell)

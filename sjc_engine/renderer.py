@@ -11,7 +11,10 @@ emptiness loss) match the reference. The density and every feature channel of al
 lookup (:meth:`VoxelField.lookup_rays_skipping`: a C kernel that walks each ray's cells once, or the torch fallback);
 its backward scatters only samples with a non-zero gradient, so features of samples below the weight threshold
 cost no scatter. With ``field.occupancy_grid`` set, the lookup skips samples in empty space and behind opaque
-surfaces (:mod:`sjc_engine.occupancy`); they get zero thickness and no gradient. Compositing is :func:`sjc_engine.composite.composite` (C kernels or torch ops, one pass per ray).
+surfaces (:mod:`sjc_engine.occupancy`); they get zero thickness and no gradient, and each ray is first clipped
+to the samples that can meet the grid's occupied bounding box (:meth:`OccupancyGrid.sample_range`), so the
+lookup and compositing never see the rest; the weights go back into the dense layout at the end. Compositing
+is :func:`sjc_engine.composite.composite` (C kernels or torch ops, one pass per ray).
 """
 
 from __future__ import annotations
@@ -115,18 +118,29 @@ def render_rays(
     t0 = t_min[hit]  # (n,)
     start = (origins[hit] + t0[:, None] * dirs[hit] + field.bbox) * scale  # (n, 3)
     delta = dirs[hit] * (step * scale)  # (n, 3)
-    ticks = torch.arange(k, device=dev, dtype=dtype)  # (k,)
-    inside = ticks[None, :] < counts[:, None]  # (n, k), a prefix of each row
+    # with an occupancy grid, each ray's samples are clipped to the occupied cells' bounding box: samples
+    # [first, first + kept) of a ray, the rest (skipped by the lookup anyway) cost nothing from here on
+    first, kept, k_kept = None, counts, k
+    if field.occupancy_grid is not None:
+        first, kept = field.occupancy_grid.sample_range(start, delta, counts, N)  # (n,), (n,)
+        k_kept = max(int(kept.max()), 1)
+        start = start + first[:, None].to(dtype) * delta
+        t0 = t0 + first.to(dtype) * step
+    ticks = torch.arange(k_kept, device=dev, dtype=dtype)  # (k_kept,)
+    inside = ticks[None, :] < kept[:, None]  # (n, k_kept), a prefix of each row
 
     # 3. densities and features in one pass over the samples (every channel per corner walk)
-    raw, feats, live = field.lookup_rays_skipping(start, delta, counts, k, step)  # (n, k), (C, n, k), (n, k) or None
+    raw, feats, live = field.lookup_rays_skipping(start, delta, kept, k_kept, step)  # (n, k'), (C, n, k'), mask
     mask = inside if live is None else live  # skipped samples (empty space, behind opaque surfaces) have no say
-    tau = field.activate(raw) * (mask * step)  # (n, k) optical thickness per sample, 0 past the ray's end
+    tau = field.activate(raw) * (mask * step)  # (n, k') optical thickness per sample, 0 past the ray's end
 
     # 4. compositing; features count only where the weight matters: the others get zero weight, hence a zero
     # feature gradient, and the lookup's backward skips their scatters
-    weights, rgb, opacity, depth_hit = composite(tau, feats, t0, step, counts, weight_threshold)
+    weights, rgb, opacity, depth_hit = composite(tau, feats, t0, step, kept, weight_threshold)
     n_shaded = int((weights.detach() >= weight_threshold).sum())
+    if first is not None:  # 5. weights back into the dense (n, k) layout (zero outside each ray's kept span)
+        idx = (first[:, None] + ticks.long()[None, :]).clamp(max=k - 1)  # (n, k')
+        weights = weights.new_zeros(n, k).scatter_add(1, idx, weights * inside)
 
     # 6. scatter back to all rays and blend the background
     acc = origins.new_zeros(R, C).index_copy(0, hit, rgb)  # (R, C)
@@ -134,7 +148,7 @@ def render_rays(
     dep = origins.new_zeros(R).index_copy(0, hit, depth_hit)  # (R,)
     features = acc + (1.0 - op)[:, None] * bg
     depth = dep + (1.0 - op) * bg_depth
-    n_looked = int(counts.sum()) if live is None else int(live.sum())
+    n_looked = int(kept.sum()) if live is None else int(live.sum())
     return RenderOutput(features, depth, op, weights.reshape(-1), None, n_looked, n_shaded)
 
 

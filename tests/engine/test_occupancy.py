@@ -178,3 +178,75 @@ def test_loop_refreshes_the_grid_and_resumes_with_it() -> None:
     dense = run_sjc(cfg, oracle(), Recorder(), field=start(), occupancy=None)
     assert dense.field.occupancy_grid is None
     assert not same_field(full.field, dense.field)  # skipping changed what empty space learnt, nothing more
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_clipping_rays_to_the_occupied_box_changes_nothing(path: str, monkeypatch) -> None:
+    """Rays start at their first sample that can meet the occupied cells' bounding box and stop after the last:
+    the samples left out were skipped anyway, so values, weights (dense layout) and gradients match the
+    unclipped skipping render to rounding (the kept samples' positions are summed from a later start: ~1e-6
+    voxel, which the ball's steep density edge turns into ~1e-5 in a weight)."""
+    if path == "torch":
+        monkeypatch.setattr("sjc_engine.trilinear.native_supports", lambda *t: False)
+    torch.manual_seed(0)
+    f = VoxelField(N, 3, density_shift=0.0, feature_activation="tanh")
+    r = (f.grid_points() - torch.tensor([0.2, -0.1, 0.0])).norm(dim=-1)
+    with torch.no_grad():
+        f.density[0] = torch.where(r < 0.3, 50.0, -20.0)  # a small ball off centre: a small occupied box
+    f.refresh_occupancy(0.5 * f.voxel_size)
+    o, d = _rays(seed=2)
+    clipped, gd_c, gf_c = _render_and_grads(f, o, d)
+    ranges = []
+    real = OccupancyGrid.sample_range
+
+    def spy(self, start, delta, counts, n):
+        first, kept = real(self, start, delta, counts, n)
+        ranges.append((first, kept, counts))
+        return first, kept
+
+    monkeypatch.setattr(OccupancyGrid, "sample_range", spy)
+    clipped_again, _, _ = _render_and_grads(f, o, d)
+    first, kept, counts = ranges[0]
+    assert torch.equal(clipped_again.features, clipped.features)
+    assert int(kept.sum()) < 0.5 * int(counts.sum())  # most samples are left out
+    monkeypatch.setattr(OccupancyGrid, "sample_range", lambda self, s, dl, counts, n: (torch.zeros_like(counts), counts))
+    full, gd_f, gf_f = _render_and_grads(f, o, d)
+
+    assert clipped.n_samples == full.n_samples  # the same samples looked up
+    assert clipped.weights.shape == full.weights.shape
+    assert (full.weights >= WEIGHT_THRESHOLD).sum() > 300
+    assert torch.allclose(clipped.weights, full.weights, rtol=0, atol=2e-5)
+    assert torch.allclose(clipped.features, full.features, rtol=0, atol=2e-5)
+    assert torch.allclose(clipped.depth, full.depth, rtol=0, atol=1e-4)
+    assert torch.allclose(clipped.opacity, full.opacity, rtol=0, atol=2e-5)
+    for g_c, g_f in ((gd_c, gd_f), (gf_c, gf_f)):
+        assert g_f.abs().max() > 0
+        assert torch.allclose(g_c, g_f, rtol=1e-3, atol=1e-3 * float(g_f.abs().max()))
+        assert torch.equal(g_c == 0, g_f == 0)  # the same nodes get a gradient
+
+
+def test_sample_range_keeps_every_sample_in_an_occupied_cell() -> None:
+    """Brute force: every sample in an occupied cell lies in [first, first + kept) of its ray."""
+    g = coarse_cells(N, 4)
+    bits = torch.zeros(g, g, g, dtype=torch.uint8)
+    bits[3:6, 2:4, 7:9] = 1
+    bits[0, 9, 9] = 1  # a cell at the grid's edge: points outside the grid clamp into it
+    grid = OccupancyGrid(bits, 4, 0.0)
+    gen = torch.Generator().manual_seed(0)
+    R, k = 4000, 120
+    start = torch.rand(R, 3, generator=gen) * (N + 20) - 10
+    delta = torch.randn(R, 3, generator=gen) * 0.5
+    delta[:200, 0] = 0.0  # rays parallel to an axis
+    delta[200:300, :2] = 0.0
+    counts = torch.randint(1, k + 1, (R,), generator=gen)
+    first, kept = grid.sample_range(start, delta, counts, N)
+    i = torch.arange(k)
+    u = (start[:, None, :] + i[None, :, None] * delta[:, None, :]).reshape(-1, 3)
+    occupied = grid.sample_mask(u, N).view(R, k) & (i[None, :] < counts[:, None])
+    within = (i[None, :] >= first[:, None]) & (i[None, :] < (first + kept)[:, None])
+    assert occupied.sum() > 1000
+    assert not (occupied & ~within).any()
+    assert (first + kept <= counts).all() and (kept >= 0).all()
+    assert int(kept.sum()) < 0.5 * int(counts.sum())
+    empty = OccupancyGrid(torch.zeros_like(bits), 4, 0.0)
+    assert int(empty.sample_range(start, delta, counts, N)[1].sum()) == 0
