@@ -285,6 +285,47 @@ def test_cancel_a_job(page_stack: PageStack, watch_page):
     assert watch.console_errors == [], watch.console_errors
 
 
+def test_delete_a_job_after_confirming(page_stack: PageStack, watch_page):
+    watch = watch_page()
+    page = watch.page
+    log_in(watch, page_stack)
+    wait_logged_in(page)
+    page.fill("#prompt", "a green cone")
+    page.fill("#steps", "5000")
+    page.press("#prompt", "Enter")
+    page.locator("#job-status").filter(has_text="queued").or_(
+        page.locator("#job-status").filter(has_text="running")).wait_for(timeout=TIMEOUT_MS)
+    job_id = page.locator("#job-id").inner_text()
+    page.locator(f"#job-list [data-job-id='{job_id}']").wait_for(timeout=TIMEOUT_MS)
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    page.once("dialog", lambda d: d.dismiss())  # "no": nothing happens
+    page.click("#delete-job")
+    assert httpx.get(f"{page_stack.url}/v1/jobs/{job_id}", headers=headers, timeout=30).status_code == 200
+    assert page.locator("#job").is_visible()
+
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.request.method} {r.url} {r.status}") if r.status >= 400 else None)
+    messages: list[str] = []
+    page.once("dialog", lambda d: (messages.append(d.message), d.accept()))
+    page.click("#delete-job")
+    page.locator("#job").wait_for(state="hidden", timeout=TIMEOUT_MS)
+    assert job_id in messages[0] and failed == [], (messages, failed)
+    page.locator(f"#job-list [data-job-id='{job_id}']").wait_for(state="detached", timeout=TIMEOUT_MS)
+    assert page.evaluate("localStorage.getItem('sjc.openJob')") is None
+    # a queued job is gone at once; a running one is canceled, and the sweep deletes it once it has stopped
+
+    def canceled_or_gone() -> bool:
+        r = httpx.get(f"{page_stack.url}/v1/jobs/{job_id}", headers=headers, timeout=30)
+        return r.status_code == 404 or (r.status_code == 200 and r.json()["status"] == "canceled")
+
+    wait_until(canceled_or_gone, 60, interval=0.5, what="the deleted job to be canceled or gone")
+    page.click("#refresh-jobs")  # a later listing still leaves it out
+    page.wait_for_timeout(500)
+    assert page.locator(f"#job-list [data-job-id='{job_id}']").count() == 0
+    assert watch.console_errors == [], (watch.console_errors, failed)
+
+
 def test_local_store_links_stay_on_the_page_origin(local_page_stack: PageStack, watch_page, shots: Path):
     stack = local_page_stack
     watch = watch_page()

@@ -86,7 +86,8 @@ export class Api {
       throw new ApiError(0, "Network error", String(err));
     }
     if (!res.ok) throw await toApiError(res);
-    return (await res.json()) as T;
+    const text = await res.text(); // empty for a 204, and for DELETE's 202
+    return (text ? JSON.parse(text) : undefined) as T;
   }
 
   models(): Promise<{ items: Model[] }> {
@@ -109,6 +110,11 @@ export class Api {
 
   cancel(id: string): Promise<Job> {
     return this.request("POST", `/v1/jobs/${encodeURIComponent(id)}/cancel`);
+  }
+
+  /** DELETE the job: an active job is canceled first, then its files and record go (202 or 204). */
+  deleteJob(id: string): Promise<unknown> {
+    return this.request("DELETE", `/v1/jobs/${encodeURIComponent(id)}`);
   }
 
   artifacts(id: string): Promise<ArtifactList> {

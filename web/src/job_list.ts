@@ -12,6 +12,8 @@ export class JobList {
   private readonly more = byId<HTMLButtonElement>("more-jobs");
   private readonly note = byId("jobs-note");
   private cursor: string | null = null;
+  // jobs deleted from this page: an active job's record stays until it has stopped (DELETE's 202)
+  private readonly deleted = new Set<string>();
 
   constructor(
     private readonly getApi: () => Api | null,
@@ -32,7 +34,7 @@ export class JobList {
     if (fresh) this.cursor = null;
     try {
       const page = await api.listJobs(this.cursor, PAGE_SIZE);
-      const items = page.items.map((job) => this.item(job));
+      const items = page.items.filter((job) => !this.deleted.has(job.id)).map((job) => this.item(job));
       if (fresh) this.list.replaceChildren(...items);
       else this.list.append(...items);
       this.cursor = page.next_cursor;
@@ -41,6 +43,13 @@ export class JobList {
     } catch (err) {
       this.note.textContent = describeError(err);
     }
+  }
+
+  /** Drop a deleted job from the list, now and on later loads. */
+  forget(id: string): void {
+    this.deleted.add(id);
+    this.list.querySelector(`[data-job-id="${CSS.escape(id)}"]`)?.closest("li")?.remove();
+    if (this.list.childElementCount === 0) this.note.textContent = "No jobs yet.";
   }
 
   private item(job: Job): HTMLLIElement {

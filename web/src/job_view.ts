@@ -1,5 +1,5 @@
 // One job, live: status badge, stage, progress bar, ETA, queue position, previews as they arrive,
-// cancel; when it succeeds, the mesh in the 3D viewer, the turntable video and a download link for
+// cancel, delete; when it succeeds, the mesh in the 3D viewer, the turntable video and a download link for
 // every artifact. Progress comes from the job's event stream; the queue position (which moves
 // when other jobs start, without an event of this job) is polled while the job is queued.
 
@@ -26,8 +26,10 @@ export class JobView {
   constructor(
     private readonly getApi: () => Api | null,
     private readonly onFinished: (job: Job) => void,
+    private readonly onDeleted: (id: string) => void,
   ) {
     byId<HTMLButtonElement>("cancel").addEventListener("click", () => void this.cancel());
+    byId<HTMLButtonElement>("delete-job").addEventListener("click", () => void this.remove());
   }
 
   get openJobId(): string | null {
@@ -179,6 +181,31 @@ export class JobView {
       this.setNote(this.job.status === "canceled" ? "" : "Cancel requested; the job stops at its next check.");
       this.render();
     } catch (err) {
+      this.setNote(describeError(err), true);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  /** Delete the open job (files and record; an active job is canceled first) after a confirmation. */
+  private async remove(): Promise<void> {
+    const api = this.getApi();
+    const id = this.job?.id;
+    if (!api || !id) return;
+    if (!window.confirm(`Delete job ${id} and all its files? This cannot be undone.`)) return;
+    const button = byId<HTMLButtonElement>("delete-job");
+    button.disabled = true;
+    // stop following the job first, and let a listing already on its way finish: nothing of the
+    // page asks for the job once it is gone
+    this.close();
+    while (this.artifactsBusy) await new Promise((done) => window.setTimeout(done, 50));
+    try {
+      await api.deleteJob(id);
+      saveOpenJob(null);
+      this.section.hidden = true;
+      this.onDeleted(id);
+    } catch (err) {
+      await this.open(id);
       this.setNote(describeError(err), true);
     } finally {
       button.disabled = false;

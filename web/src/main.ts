@@ -15,7 +15,7 @@ const keyForm = byId<HTMLFormElement>("key-form");
 const keyInput = byId<HTMLInputElement>("api-key");
 const keyStatus = byId("key-status");
 
-const view = new JobView(getApi, () => void jobs.load(true));
+const view = new JobView(getApi, () => void jobs.load(true), (id) => jobs.forget(id));
 const jobs = new JobList(getApi, (id) => void view.open(id, null, true));
 const form = new JobForm((job) => {
   void view.open(job.id, null, true);
