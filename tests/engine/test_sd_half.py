@@ -83,7 +83,8 @@ def test_sjc_steps_with_a_half_denoiser(tiny_sd_dir, dtype):
             pass
 
     config = SJCConfig(prompt="a red cube", model=str(tiny_sd_dir), steps=3, grid_size=8, render_size=16,
-                       device="cpu", preview_every=3, checkpoint_every=0, guidance_scale=100.0)
+                       device="cpu", preview_every=3, checkpoint_every=0, guidance_scale=100.0,
+                       display_size=32)
     start = {k: v.clone() for k, v in run_sjc(
         SJCConfig(**{**config.to_dict(), "steps": 1, "preview_every": 0}), den).field.state_dict().items()}
     res = run_sjc(config, den, callbacks=Keep())
