@@ -135,21 +135,19 @@ def resolve_field_device(config: SJCConfig, denoiser: Denoiser) -> torch.device:
 def preview_image(field: VoxelField, denoiser: Denoiser, config: SJCConfig) -> np.ndarray:
     """(H, W, 3) uint8 RGB of the field from a fixed three-quarter view (uses no random state).
 
-    Shown at ``config.display_size``: a model whose decoded rendering is less than half that (pixel models,
-    e.g. 32 px) is rendered at twice ``render_size`` (4x the pixels of a training view; the field renders at
-    any size), then scaled up (bicubic) to the display height.
+    Shown at ``config.display_size``: a pixel model (its rendering is the image, e.g. 32 px) renders at twice
+    ``render_size`` while that stays within the display size (the field renders at any size); the decoded
+    image is then scaled up (bicubic) to the display height. Latent models decode at 8x and render as trained.
     """
     from sjc_engine.export.images import to_uint8_image
     from sjc_engine.export.video import upscale
 
-    def render(size: int) -> np.ndarray:
-        cam = spherical_camera(PREVIEW_AZIMUTH_DEG, PREVIEW_ELEVATION_DEG, config.cam_radius, config.test_fov_deg, size)
-        img = render_image(field, cam, config.step_ratio).image[None]  # (1, C, H, W)
-        return to_uint8_image(denoiser.decode(img.to(denoiser.device)).float()[0])  # (3, H', W') -> (H', W', 3)
-
-    image = render(config.render_size)
-    if image.shape[0] * 2 <= config.display_size:
-        image = render(config.render_size * 2)
+    size = config.render_size
+    if not denoiser.is_latent and 2 * size <= config.display_size:
+        size *= 2
+    cam = spherical_camera(PREVIEW_AZIMUTH_DEG, PREVIEW_ELEVATION_DEG, config.cam_radius, config.test_fov_deg, size)
+    img = render_image(field, cam, config.step_ratio).image[None]  # (1, C, H, W)
+    image = to_uint8_image(denoiser.decode(img.to(denoiser.device)).float()[0])  # (3, H', W') -> (H', W', 3)
     return upscale(image, config.display_size)
 
 

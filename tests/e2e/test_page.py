@@ -267,16 +267,23 @@ def test_prompt_to_asset_in_the_viewer(page_stack: PageStack, watch_page, shots:
         assert w.console_errors == [], w.console_errors
 
 
-def test_cancel_a_job(page_stack: PageStack, watch_page):
-    watch = watch_page()
+def start_long_job(watch: PageWatch, stack: PageStack, prompt: str) -> str:
+    """Log in, submit ``prompt`` with 5,000 steps, wait until it is queued or running; returns its id."""
     page = watch.page
-    log_in(watch, page_stack)
+    log_in(watch, stack)
     wait_logged_in(page)
-    page.fill("#prompt", "a blue cube")
+    page.fill("#prompt", prompt)
     page.fill("#steps", "5000")
     page.press("#prompt", "Enter")
     page.locator("#job-status").filter(has_text="queued").or_(
         page.locator("#job-status").filter(has_text="running")).wait_for(timeout=TIMEOUT_MS)
+    return page.locator("#job-id").inner_text()
+
+
+def test_cancel_a_job(page_stack: PageStack, watch_page):
+    watch = watch_page()
+    page = watch.page
+    start_long_job(watch, page_stack, "a blue cube")
     page.click("#cancel")
     page.locator("#job-status").filter(has_text="canceled").wait_for(timeout=60_000)
     assert page.locator("#cancel").is_hidden()
@@ -288,14 +295,7 @@ def test_cancel_a_job(page_stack: PageStack, watch_page):
 def test_delete_a_job_after_confirming(page_stack: PageStack, watch_page):
     watch = watch_page()
     page = watch.page
-    log_in(watch, page_stack)
-    wait_logged_in(page)
-    page.fill("#prompt", "a green cone")
-    page.fill("#steps", "5000")
-    page.press("#prompt", "Enter")
-    page.locator("#job-status").filter(has_text="queued").or_(
-        page.locator("#job-status").filter(has_text="running")).wait_for(timeout=TIMEOUT_MS)
-    job_id = page.locator("#job-id").inner_text()
+    job_id = start_long_job(watch, page_stack, "a green cone")
     page.locator(f"#job-list [data-job-id='{job_id}']").wait_for(timeout=TIMEOUT_MS)
     headers = {"Authorization": f"Bearer {KEY}"}
 
