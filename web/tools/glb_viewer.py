@@ -25,8 +25,13 @@ ENTRY = WEB / "tools" / "stock_viewer.js"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
     "--ignore-gpu-blocklist", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--no-first-run",
+    "--no-first-run", "--disable-quic",
 ]
+
+
+def chromium_path() -> str | None:
+    """The chromium binary: ``SJC_CHROMIUM``, else ``chromium`` (Debian's) or ``chromium-browser`` on the PATH."""
+    return os.environ.get("SJC_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def bundle(modules: Path = WEB / "node_modules") -> str:
@@ -72,7 +77,7 @@ class StockViewer:
         """A viewer in a fresh headless Chromium (``SJC_CHROMIUM`` or ``chromium`` on the PATH)."""
         from playwright.sync_api import sync_playwright
 
-        exe = os.environ.get("SJC_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+        exe = chromium_path()
         if exe is None:
             raise FileNotFoundError("no chromium binary (apt-get install chromium, or set SJC_CHROMIUM)")
         with sync_playwright() as pw:
