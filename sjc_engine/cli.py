@@ -64,6 +64,7 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--render-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--n-noise", type=int)
+    p.add_argument("--views", type=int)
     p.add_argument("--sigma-schedule", choices=["random", "annealed"])
     p.add_argument("--sigma-min", type=float)
     p.add_argument("--sigma-max", type=float)
@@ -93,7 +94,8 @@ FLAG_HELP = {
     "prompt": "the text prompt, e.g. \"a red cube\"", "steps": "optimiser steps", "seed": "random seed",
     "guidance_scale": "classifier-free guidance scale", "grid_size": "voxels per side of the field",
     "render_size": "rendered view size in pixels", "lr": "learning rate of the voxel grids",
-    "n_noise": "noise samples per score estimate (PAAS)", "sigma_schedule": "noise level per step",
+    "n_noise": "noise samples per score estimate (PAAS)", "views": "views rendered and scored per step",
+    "sigma_schedule": "noise level per step",
     "sigma_min": "smallest noise level", "sigma_max": "largest noise level",
     "emptiness_weight": "weight of the emptiness loss", "center_depth_weight": "weight of the center-depth loss",
     "preview_every": "steps between preview images (0: none)", "checkpoint_every": "steps between resumable states",
@@ -144,7 +146,7 @@ def _add_sample2d(sub: Any) -> None:
 
 
 OVERRIDES = (
-    "steps", "seed", "guidance_scale", "grid_size", "render_size", "lr", "n_noise", "sigma_schedule", "sigma_min",
+    "steps", "seed", "guidance_scale", "grid_size", "render_size", "lr", "n_noise", "views", "sigma_schedule", "sigma_min",
     "sigma_max", "emptiness_weight", "center_depth_weight", "preview_every", "checkpoint_every", "video_frames",
     "target_faces", "texture_size", "display_size", "device",
 )

@@ -2,11 +2,13 @@
 
 Per step (pals-ttic/sjc ``run_sjc.py``, with callbacks, checkpoints and exact resume added):
 
-1. sample a camera (azimuth, area-uniform elevation, fov) and its view prompt ("front view of ...");
-2. render the field: image ``y`` (1, C, H, W), depth, compositing weights;
-3. pick sigma (random over the trimmed ticks, or annealed) and compute the PAAS gradient on ``y``;
-4. backward ``-grad`` through the renderer (a vector-Jacobian product) together with the emptiness and
-   center-depth losses, then one Adamax step (:class:`~sjc_engine.native.adamax.FusedAdamax`: torch's Adamax,
+1. sample ``config.views`` cameras (azimuth, area-uniform elevation, fov; the reference: one) and their view
+   prompts ("front view of ...");
+2. render the field from each: images ``y`` (V, C, H, W), depths, compositing weights;
+3. pick sigma (random over the trimmed ticks, or annealed) and compute the PAAS gradient on ``y`` (every view
+   and noise sample in one denoiser call);
+4. backward ``-grad / V`` through the renderer (a vector-Jacobian product) together with the emptiness and
+   center-depth losses (means over the views), then one Adamax step (:class:`~sjc_engine.native.adamax.FusedAdamax`: torch's Adamax,
    bit for bit, with a one-pass C step on the CPU grids).
 
 Every ``occupancy.every`` steps the field's occupancy grid is rebuilt from its density (empty-space skipping,
@@ -211,14 +213,15 @@ def run_sjc(
         if cb.should_stop():
             stopped = True
             break
-        cam = sample_camera(rng.cameras, config.render_size, config.cam_radius, config.elev_range_deg, config.fov_range_deg)
-        prompt = view_prompt(config.prompt, cam) if config.view_prompts else config.prompt
-        cond = denoiser.encode_prompt(prompt)
+        cams = [sample_camera(rng.cameras, config.render_size, config.cam_radius, config.elev_range_deg, config.fov_range_deg)
+                for _ in range(config.views)]
+        prompts = [view_prompt(config.prompt, cam) if config.view_prompts else config.prompt for cam in cams]
+        cond = denoiser.encode_prompts(prompts)
         if skip_every > 0 and step % skip_every == 0:
             field.refresh_occupancy(march_step, occupancy)
 
-        out = render_image(field, cam, config.step_ratio)
-        y = out.image[None]  # (1, C, H, W)
+        outs = [render_image(field, cam, config.step_ratio) for cam in cams]
+        y = torch.stack([out.image for out in outs])  # (V, C, H, W)
         y_model = y
         if y.shape[-1] != denoiser.image_size:
             y_model = F.interpolate(y, size=(denoiser.image_size, denoiser.image_size), mode="bilinear", align_corners=False)
@@ -232,14 +235,16 @@ def run_sjc(
 
         opt.zero_grad(set_to_none=True)
         w_e = emptiness_weight(step, total, config.emptiness_weight, config.emptiness_multiplier, config.emptiness_step)
-        l_empty = emptiness_loss(out.weights, config.emptiness_scale)
+        views = len(outs)
+        l_empty = sum(emptiness_loss(out.weights, config.emptiness_scale) for out in outs) / views
         reg = w_e * l_empty
         l_depth = None
         if config.center_depth_weight > 0:
-            l_depth = center_depth_loss(out.depth)
+            l_depth = sum(center_depth_loss(out.depth) for out in outs) / views
             reg = reg + config.center_depth_weight * l_depth
-        # the score enters as the vector-Jacobian product y.backward(-grad); one pass with the regularisers
-        tensors, grads = [y_model], [-grad]
+        # the score enters as the vector-Jacobian product y.backward(-grad / V) (the mean over the views); one
+        # pass with the regularisers
+        tensors, grads = [y_model], [-grad / views if views > 1 else -grad]
         if reg.requires_grad:
             tensors.append(reg)
             grads.append(torch.ones_like(reg))
@@ -253,7 +258,7 @@ def run_sjc(
         preview = None
         if config.preview_every > 0 and (done % config.preview_every == 0 or done == total):
             preview = preview_image(field, denoiser, config)
-        cb.on_step(StepReport(step=done, total=total, losses=losses, sigma=sigma, preview=preview, extra={"prompt": prompt}))
+        cb.on_step(StepReport(step=done, total=total, losses=losses, sigma=sigma, preview=preview, extra={"prompt": prompts[0]}))
         if config.checkpoint_every > 0 and done % config.checkpoint_every == 0:
             cb.on_checkpoint(make_state(field, field_args, opt, done, rng, config), done)
             last_ckpt = done

@@ -32,9 +32,9 @@ class PAASOutput:
     """One PAAS evaluation.
 
     Attributes:
-        grad: (1, C, H, W) the image-space ascent direction, averaged over the noise samples.
-        denoised: (n, C, H, W) ``D(z, sigma)`` of every noise sample.
-        noised: (n, C, H, W) the perturbed inputs ``z = y + sigma n``.
+        grad: (V, C, H, W) the image-space ascent direction of each of the V images, averaged over the noise samples.
+        denoised: (n * V, C, H, W) ``D(z, sigma)`` of every noise sample (n groups of the V images).
+        noised: (n * V, C, H, W) the perturbed inputs ``z = y + sigma n``.
     """
 
     grad: Tensor
@@ -53,32 +53,35 @@ def paas_grad(
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
 ) -> PAASOutput:
-    """The PAAS gradient on a clean image.
+    """The PAAS gradient on clean images (the V views of one step share ``sigma`` and one denoiser call).
 
     Args:
         denoiser: the VE denoiser ``D(x, sigma)``.
-        y: (1, C, H, W) the clean rendering (detached inside; no graph is built).
+        y: (V, C, H, W) the clean renderings (detached inside; no graph is built); V = 1 in the reference.
         sigma: the perturbation level.
-        cond: the denoiser's prompt conditioning (``denoiser.encode_prompt(...)``), or ``None``.
+        cond: the denoiser's prompt conditioning of the V images (``denoiser.encode_prompt(p)`` for one,
+            ``denoiser.encode_prompts([...])`` for several), or ``None``.
         guidance_scale: classifier-free guidance scale passed to the denoiser.
-        n_noise: how many noise samples to average (batched into one denoiser call).
+        n_noise: how many noise samples to average per image (all n * V batched into one denoiser call).
         var_red: ``(D - y)/sigma`` (True, the reference default) or ``(D - z)/sigma`` (False).
         generator: CPU torch generator for the noise (reproducible across devices); ``None`` uses the global RNG.
-        noise: (n, C, H, W) explicit noise instead of sampling (tests, antithetic pairs).
+        noise: (n, C, H, W) (V = 1) or (n, V, C, H, W) explicit noise instead of sampling (tests, antithetic pairs).
     """
-    if y.ndim != 4 or y.shape[0] != 1:
-        raise ValueError(f"y must be one image (1, C, H, W), got {tuple(y.shape)}")
+    if y.ndim != 4 or y.shape[0] < 1:
+        raise ValueError(f"y must be images (V, C, H, W), got {tuple(y.shape)}")
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
     y = y.detach()
+    V = y.shape[0]
     if noise is None:
-        noise = torch.randn((n_noise, *y.shape[1:]), generator=generator, dtype=torch.float32)  # (n, C, H, W)
-    noise = noise.to(device=y.device, dtype=y.dtype)
+        noise = torch.randn((n_noise, *y.shape), generator=generator, dtype=torch.float32)  # (n, V, C, H, W)
+    noise = noise.to(device=y.device, dtype=y.dtype).reshape(-1, *y.shape)  # (n, V, C, H, W)
+    n = noise.shape[0]
     with torch.no_grad():
-        z = y + sigma * noise  # (n, C, H, W)
-        d = denoiser.denoise(z, sigma, cond=cond, guidance_scale=guidance_scale)  # (n, C, H, W)
-        ref = y if var_red else z
-        grad = ((d - ref) / sigma).mean(0, keepdim=True)  # (1, C, H, W)
+        z = (y + sigma * noise).reshape(n * V, *y.shape[1:])  # (n * V, C, H, W): n groups of the V images
+        d = denoiser.denoise(z, sigma, cond=cond, guidance_scale=guidance_scale)  # (n * V, C, H, W)
+        ref = y.repeat(n, 1, 1, 1) if var_red else z  # (n * V, C, H, W)
+        grad = ((d - ref) / sigma).reshape(n, *y.shape).mean(0)  # (V, C, H, W)
     return PAASOutput(grad=grad, denoised=d, noised=z)
 
 

@@ -46,6 +46,7 @@ class JobCreate(BaseModel):
     render_size: int | None = Field(None, ge=16, le=512)
     lr: float | None = Field(None, gt=0, le=10)
     n_noise: int | None = Field(None, ge=1, le=16)
+    views: int | None = Field(None, ge=1, le=16, description="views rendered and scored per step")
     sigma_schedule: Literal["random", "annealed"] | None = None
     emptiness_weight: float | None = Field(None, ge=0, le=1e7)
     mesh_threshold: float | None = Field(None, gt=0, le=1000, description="density of the mesh surface")

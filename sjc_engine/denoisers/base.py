@@ -46,6 +46,13 @@ class Denoiser(abc.ABC):
         """
         return None
 
+    def encode_prompts(self, prompts: list[str]) -> Any:
+        """Conditioning of a batch of images, one prompt each (the views of one step); ``None`` for unconditional
+        models. The denoiser takes it for a batch of ``k * len(prompts)`` images: ``k`` groups of those images."""
+        if all(self.encode_prompt(p) is None for p in prompts):
+            return None
+        raise NotImplementedError(f"{type(self).__name__} cannot condition a batch on several prompts")
+
     @abc.abstractmethod
     def denoise(self, x: Tensor, sigma: float, cond: Any = None, guidance_scale: float = 1.0) -> Tensor:
         """``D(x, sigma)``: the denoised estimate of ``x`` (B, C, H, W) at noise level ``sigma``.

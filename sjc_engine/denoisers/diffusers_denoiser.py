@@ -41,6 +41,15 @@ class TextCond:
     cond: Tensor
     uncond: Tensor
 
+    def batch(self, size: int) -> "TextCond":
+        """The conditioning of a batch of ``size`` images: ``cond`` (V, L, D) covers V images; a batch of
+        ``k * V`` images is k groups of them (PAAS noise samples of the same views)."""
+        v = self.cond.shape[0]
+        if size % v:
+            raise ValueError(f"a batch of {size} images cannot take the conditioning of {v} prompts")
+        cond = self.cond.expand(size, -1, -1) if v == 1 else self.cond.repeat(size // v, 1, 1)  # (size, L, D)
+        return TextCond(cond=cond, uncond=self.uncond.expand(size, -1, -1))
+
 
 class DiffusersDenoiser(Denoiser):
     """``D(x, sigma)`` from a diffusers UNet and its DDPM-family scheduler.
@@ -120,6 +129,14 @@ class DiffusersDenoiser(Denoiser):
             return None
         return TextCond(cond=self._embed(prompt), uncond=self._embed(""))
 
+    def encode_prompts(self, prompts: list[str]) -> TextCond | None:
+        """One prompt per image of a batch: ``cond`` (V, L, D); ``None`` for unconditional models."""
+        if not self.is_text_conditioned:
+            return None
+        if len(prompts) == 1:
+            return self.encode_prompt(prompts[0])
+        return TextCond(cond=torch.cat([self._embed(p) for p in prompts]), uncond=self._embed(""))
+
     # -- denoising --------------------------------------------------------------------------------------------
     def _unet(self, x_in: Tensor, t: int, context: Tensor | None) -> Tensor:
         """The UNet's prediction in float32 (B, C, H, W); ``x_in`` and ``context`` in the model's dtype."""
@@ -144,12 +161,10 @@ class DiffusersDenoiser(Denoiser):
             return self._unet(x_in, t, None)
         if cond is None:
             raise ValueError("this model is text-conditioned: pass cond=denoiser.encode_prompt(prompt)")
-        B = x_in.shape[0]
-        c = cond.cond.expand(B, -1, -1)  # (B, L, D)
+        batch = cond.batch(x_in.shape[0])  # (B, L, D) each
         if guidance_scale == 1.0:
-            return self._unet(x_in, t, c)
-        u = cond.uncond.expand(B, -1, -1)  # (B, L, D)
-        out = self._unet(torch.cat([x_in, x_in]), t, torch.cat([u, c]))  # (2B, C, H, W)
+            return self._unet(x_in, t, batch.cond)
+        out = self._unet(torch.cat([x_in, x_in]), t, torch.cat([batch.uncond, batch.cond]))  # (2B, C, H, W)
         out_u, out_c = out.chunk(2)
         return out_u + guidance_scale * (out_c - out_u)
 

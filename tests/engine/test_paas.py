@@ -78,6 +78,24 @@ def test_empirical_denoiser_is_posterior_mean():
 def test_bad_inputs():
     den, _, y = _setup()
     with pytest.raises(ValueError):
-        paas_grad(den, y.expand(2, -1, -1, -1), 1.0)
+        paas_grad(den, y[0], 1.0)  # (C, H, W): not a batch of images
     with pytest.raises(ValueError):
         paas_grad(den, y, 0.0)
+
+
+@pytest.mark.parametrize("var_red", [True, False])
+def test_views_batched_equal_one_call_per_view(var_red):
+    """V views in one call give each view the gradient it gets alone with the same noise (n groups of V)."""
+    den, _, y0 = _setup()
+    views = torch.cat([y0, -0.5 * y0, y0 + 0.25])  # (3, C, H, W)
+    noise = torch.randn(2, *views.shape, generator=torch.Generator().manual_seed(7))  # (n, V, C, H, W)
+    out = paas_grad(den, views, 0.7, noise=noise, var_red=var_red)
+    assert out.grad.shape == views.shape and out.denoised.shape == (6, *views.shape[1:])
+    for v in range(3):
+        alone = paas_grad(den, views[v : v + 1], 0.7, noise=noise[:, v], var_red=var_red)
+        torch.testing.assert_close(out.grad[v : v + 1], alone.grad)
+    # the noise drawn for V images is the noise a single image would draw first
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    one = paas_grad(den, views[:1], 0.7, generator=g())
+    many = paas_grad(den, views, 0.7, generator=g())
+    torch.testing.assert_close(many.noised[0], one.noised[0])
