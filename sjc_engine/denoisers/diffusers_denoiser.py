@@ -142,9 +142,11 @@ class DiffusersDenoiser(Denoiser):
         """The UNet's prediction in float32 (B, C, H, W); ``x_in`` and ``context`` in the model's dtype."""
         ts = torch.full((x_in.shape[0],), t, device=self.device, dtype=torch.long)  # (B,)
         if context is None:
-            out = self.unet(x_in, ts).sample
+            out = self.unet(x_in, ts)
         else:
-            out = self.unet(x_in, ts, encoder_hidden_states=context).sample
+            out = self.unet(x_in, ts, encoder_hidden_states=context)
+        if not isinstance(out, Tensor):  # diffusers' output object; the lean UNet returns the tensor itself
+            out = out.sample
         if out.shape[1] == 2 * self.channels:  # learned variance: keep the mean prediction
             out = out[:, : self.channels]
         return out.float()

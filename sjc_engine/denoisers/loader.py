@@ -13,6 +13,10 @@ Layouts understood (all local, ``local_files_only=True``):
   local diffusers config folder is required: a folder named like the file without its suffix
   (``sd15.safetensors`` -> ``sd15/``), or the file's own folder when it holds ``model_index.json``.
 
+A text-conditioned pixel model whose configs :mod:`sjc_engine.denoisers.lean` implements (the embedded model)
+loads through it, without importing diffusers or transformers (about 0.1 s instead of 3.5 s on two cores), to
+the same outputs; ``SJC_LEAN_MODELS=0`` turns that off. Everything else loads through diffusers.
+
 Component folders saved with ``variant="fp16"`` (``diffusion_pytorch_model.fp16.safetensors``) load as they are
 (:mod:`sjc_engine.denoisers.weights`). A model that is there but broken (a truncated or corrupted weights file,
 a missing component, an unreadable config) raises :class:`~sjc_engine.denoisers.errors.ModelLoadError`, one
@@ -22,6 +26,7 @@ line naming the file; only a model that is not there at all is a ``ModelNotFound
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +40,7 @@ from sjc_engine.denoisers.errors import ModelLoadError
 from sjc_engine.denoisers.weights import check_weights_file, files_to_load, pick_variant
 
 T = TypeVar("T")
+LEAN_ENV = "SJC_LEAN_MODELS"
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -110,17 +116,22 @@ def _read_json(path: Path, root: Path) -> dict[str, Any]:
     return data
 
 
-def _scheduler(folder: Path, root: Path):
-    from diffusers import DDPMScheduler
-
+def _scheduler_config(folder: Path, root: Path) -> tuple[Path, dict[str, Any]]:
+    """The scheduler config of a model folder (``scheduler/`` or a bare ``scheduler_config.json``) and its path."""
     for cfg in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json"):
         if cfg.is_file():
-            # Only the noise schedule matters (betas -> alphas_cumprod, prediction_type); any DDPM-family
-            # config (PNDM, DDIM, Euler, ...) carries it.
-            data = _read_json(cfg, root)
-            return _guarded(cfg, root, lambda: DDPMScheduler.from_config(data))
+            return cfg, _read_json(cfg, root)
     raise ModelLoadError(folder / "scheduler" / "scheduler_config.json",
                          "file missing (the noise schedule is needed)", root=root)
+
+
+def _scheduler(folder: Path, root: Path):
+    # Only the noise schedule matters (betas -> alphas_cumprod, prediction_type); any DDPM-family config (PNDM,
+    # DDIM, Euler, ...) carries it.
+    cfg, data = _scheduler_config(folder, root)
+    from diffusers import DDPMScheduler
+
+    return _guarded(cfg, root, lambda: DDPMScheduler.from_config(data))
 
 
 def _component_kwargs(folder: Path, root: Path, dtype: torch.dtype) -> dict[str, Any]:
@@ -137,14 +148,20 @@ def _component_kwargs(folder: Path, root: Path, dtype: torch.dtype) -> dict[str,
 
 
 def _load_folder(folder: Path, device: torch.device | str, dtype: torch.dtype) -> DiffusersDenoiser:
+    unet_dir = folder / "unet" if (folder / "unet").is_dir() else folder
+    unet_cfg = _read_json(unet_dir / "config.json", folder)
+    class_name = unet_cfg.get("_class_name", "UNet2DConditionModel")
+    _, sched_cfg = _scheduler_config(folder, folder)
+    if class_name not in ("UNet2DModel", "UNet2DConditionModel"):
+        raise ModelLoadError(unet_dir / "config.json", f"unsupported UNet class {class_name!r}", root=folder)
+    if class_name == "UNet2DConditionModel" and lean_enabled():
+        den = _load_lean(folder, unet_dir, unet_cfg, sched_cfg, device, dtype)
+        if den is not None:
+            return den
     from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
 
     kw = dict(local_files_only=True, torch_dtype=dtype)
-    unet_dir = folder / "unet" if (folder / "unet").is_dir() else folder
-    class_name = _read_json(unet_dir / "config.json", folder).get("_class_name", "UNet2DConditionModel")
     scheduler = _scheduler(folder, folder)
-    if class_name not in ("UNet2DModel", "UNet2DConditionModel"):
-        raise ModelLoadError(unet_dir / "config.json", f"unsupported UNet class {class_name!r}", root=folder)
     unet_cls = UNet2DModel if class_name == "UNet2DModel" else UNet2DConditionModel
     unet_kw = _component_kwargs(unet_dir, folder, dtype)
     unet = _guarded(unet_dir, folder, lambda: unet_cls.from_pretrained(unet_dir, **kw, **unet_kw))
@@ -165,6 +182,73 @@ def _load_folder(folder: Path, device: torch.device | str, dtype: torch.dtype) -
         vae_kw = _component_kwargs(vae_dir, folder, dtype)
         vae = _guarded(vae_dir, folder, lambda: AutoencoderKL.from_pretrained(vae_dir, **kw, **vae_kw))
     return DiffusersDenoiser(unet, scheduler, text_encoder, tokenizer, vae, device=device, dtype=dtype)
+
+
+def lean_enabled() -> bool:
+    """Whether models that fit :mod:`sjc_engine.denoisers.lean` load through it (``SJC_LEAN_MODELS=0``: never)."""
+    return os.environ.get(LEAN_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def lean_unsupported(folder: Path) -> str | None:
+    """Why the model folder ``folder`` does not load through :mod:`sjc_engine.denoisers.lean`, or ``None``.
+
+    It must be a text-conditioned pixel model (``unet/`` ``UNet2DConditionModel``, ``text_encoder/``
+    ``CLIPTextModel``, ``tokenizer/`` with a ``tokenizer.json``, no ``vae/``) whose configs the lean modules
+    implement, with safetensors weights. Configs that cannot be read count as unsupported (the diffusers path
+    then reports them).
+    """
+    from sjc_engine.denoisers import lean
+
+    unet_dir, te_dir, tok_dir = folder / "unet", folder / "text_encoder", folder / "tokenizer"
+    if (folder / "vae").exists():
+        return "a latent model (vae/)"
+    if not (unet_dir.is_dir() and te_dir.is_dir() and tok_dir.is_dir()):
+        return "not a unet/ + text_encoder/ + tokenizer/ folder"
+    try:
+        cfgs = [json.loads(f.read_text()) for f in (unet_dir / "config.json", te_dir / "config.json")]
+        reason = (lean.unet_config_unsupported(cfgs[0]) or lean.clip_config_unsupported(cfgs[1])
+                  or lean.tokenizer_unsupported(tok_dir))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as e:
+        return f"unreadable config ({type(e).__name__})"
+    return reason
+
+
+def _lean_files(folder: Path, root: Path, dtype: torch.dtype) -> list[Path] | None:
+    """The checked safetensors files of a component folder, or ``None`` when it holds ``.bin`` weights."""
+    variant = pick_variant(folder, prefer_half=dtype != torch.float32, root=root)
+    files = files_to_load(folder, variant)
+    for f in files:
+        check_weights_file(f, root=root)
+    return files if files and all(f.suffix == ".safetensors" for f in files) else None
+
+
+def _load_lean(folder: Path, unet_dir: Path, unet_cfg: dict[str, Any], sched_cfg: dict[str, Any],
+               device: torch.device | str, dtype: torch.dtype) -> DiffusersDenoiser | None:
+    """The model through :mod:`sjc_engine.denoisers.lean` (no diffusers or transformers import), or ``None``
+    when it does not fit (see :func:`lean_unsupported`)."""
+    from sjc_engine.denoisers import lean
+
+    if unet_dir != folder / "unet" or lean_unsupported(folder) or lean.schedule_unsupported(sched_cfg):
+        return None
+    te_dir, tok_dir = folder / "text_encoder", folder / "tokenizer"
+    unet_files, te_files = _lean_files(unet_dir, folder, dtype), _lean_files(te_dir, folder, dtype)
+    if unet_files is None or te_files is None:
+        return None
+
+    def build_unet() -> torch.nn.Module:
+        unet = lean.LeanUNet(unet_cfg)
+        lean.load_state(unet, unet_files)
+        return unet
+
+    def build_text() -> torch.nn.Module:
+        te = lean.LeanCLIPText(json.loads((te_dir / "config.json").read_text()))
+        lean.load_state(te, te_files, strip_prefix="text_model.")
+        return te
+
+    unet = _guarded(unet_dir, folder, build_unet)
+    text_encoder = _guarded(te_dir, folder, build_text)
+    tokenizer = _guarded(tok_dir, folder, lambda: lean.LeanTokenizer(tok_dir))
+    return DiffusersDenoiser(unet, lean.Schedule(sched_cfg), text_encoder, tokenizer, None, device=device, dtype=dtype)
 
 
 def single_file_config_dir(path: Path) -> Path | None:
