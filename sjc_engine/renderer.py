@@ -27,6 +27,7 @@ from torch import Tensor
 from sjc_engine.cameras import Camera
 from sjc_engine.composite import WEIGHT_THRESHOLD, composite
 from sjc_engine.field import VoxelField
+from sjc_engine.march import HitRays, fused_supported, render_hit_rays
 
 __all__ = ["BG_DEPTH", "WEIGHT_THRESHOLD", "RenderOutput", "composite", "ray_box", "render_image", "render_rays"]
 
@@ -126,6 +127,12 @@ def render_rays(
         k_kept = max(int(kept.max()), 1)
         start = start + first[:, None].to(dtype) * delta
         t0 = t0 + first.to(dtype) * step
+    if fused_supported(field, start):  # 3-6 in one native pass per ray
+        rays = HitRays(hit, start.contiguous(), delta.contiguous(), t0.contiguous(),
+                       first.contiguous() if first is not None else None, kept.contiguous(), k)
+        features, depth, op, weights, n_looked, n_shaded = render_hit_rays(field, rays, bg, step, weight_threshold,
+                                                                           bg_depth)
+        return RenderOutput(features, depth, op, weights.reshape(-1), None, n_looked, n_shaded)
     ticks = torch.arange(k_kept, device=dev, dtype=dtype)  # (k_kept,)
     inside = ticks[None, :] < kept[:, None]  # (n, k_kept), a prefix of each row
 

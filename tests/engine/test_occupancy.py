@@ -91,6 +91,7 @@ def _weighted_nodes(f: VoxelField, o: torch.Tensor, d: torch.Tensor, weights: to
 def test_skipping_equals_the_dense_path_where_samples_carry_weight(path: str, monkeypatch) -> None:
     if path == "torch":
         monkeypatch.setattr("sjc_engine.trilinear.native_supports", lambda *t: False)
+        monkeypatch.setattr("sjc_engine.march.native_supports", lambda *t: False)  # and the fused renderer
     f = _ball_field(empty_tau=4e-6)  # below the occupancy threshold (1e-5): empty space is skipped
     o, d = _rays()
     dense, gd_dense, gf_dense = _render_and_grads(f, o, d)
@@ -127,6 +128,7 @@ def test_skipping_equals_the_dense_path_where_samples_carry_weight(path: str, mo
 def test_a_full_grid_is_exactly_the_dense_path(path: str, monkeypatch) -> None:
     if path == "torch":
         monkeypatch.setattr("sjc_engine.trilinear.native_supports", lambda *t: False)
+        monkeypatch.setattr("sjc_engine.march.native_supports", lambda *t: False)  # and the fused renderer
     torch.manual_seed(1)
     f = VoxelField(N, 4)
     with torch.no_grad():
@@ -147,6 +149,7 @@ def test_native_and_torch_paths_skip_the_same_samples(monkeypatch) -> None:
     o, d = _rays(seed=5)
     native, gd_n, gf_n = _render_and_grads(f, o, d)
     monkeypatch.setattr("sjc_engine.trilinear.native_supports", lambda *t: False)
+    monkeypatch.setattr("sjc_engine.march.native_supports", lambda *t: False)  # and the fused renderer
     torch_path, gd_t, gf_t = _render_and_grads(f, o, d)
     assert native.n_samples == torch_path.n_samples
     assert torch.allclose(native.features, torch_path.features, atol=1e-5)
@@ -188,6 +191,7 @@ def test_clipping_rays_to_the_occupied_box_changes_nothing(path: str, monkeypatc
     voxel, which the ball's steep density edge turns into ~1e-5 in a weight)."""
     if path == "torch":
         monkeypatch.setattr("sjc_engine.trilinear.native_supports", lambda *t: False)
+        monkeypatch.setattr("sjc_engine.march.native_supports", lambda *t: False)  # and the fused renderer
     torch.manual_seed(0)
     f = VoxelField(N, 3, density_shift=0.0, feature_activation="tanh")
     r = (f.grid_points() - torch.tensor([0.2, -0.1, 0.0])).norm(dim=-1)

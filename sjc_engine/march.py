@@ -1,0 +1,231 @@
+"""The fused native renderer: one C pass per ray for the forward and two for the backward (``march.c``).
+
+:func:`sjc_engine.renderer.render_rays` clips the rays to the box (and, with an occupancy grid, to the occupied
+cells' bounding box) in torch, then hands the hit rays to :func:`render_hit_rays` where :func:`fused_supported`
+says so (CPU, float32/float64, the C kernels built, a plain :class:`~sjc_engine.field.VoxelField`). Per ray
+the kernel marches the samples, skips those in empty coarse cells and behind the transmittance floor
+(:mod:`sjc_engine.occupancy`), looks up the raw density, activates it (``softplus(raw * exp(d_scale) +
+shift)``), composites, looks up and activates the features only where ``w >= weight_threshold``, and blends the
+background; nothing of size (rays x samples) is built but the dense weights (the emptiness loss's layout) and
+the raw densities the backward reads. The backward recomputes the transmittance from the weights, walks each
+ray in reverse for the thickness gradients and scatters straight into the grids' gradients (and ``d_scale``'s
+and the background's). Values and gradients are the torch path's to float rounding
+(``tests/engine/test_march.py``).
+
+With more than one torch thread two Python threads split the forward by rays and the backward by part (one the
+density path, one the feature scatter), so no two threads write the same gradient.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sjc_engine.field import VoxelField
+from sjc_engine.native import NATIVE_DTYPES, kernel, native_lib, native_supports, pointer_array
+from sjc_engine.occupancy import OccupancyGrid
+from sjc_engine.parallel import run_jobs, split_rays
+
+__all__ = ["HitRays", "fused_supported", "render_hit_rays"]
+
+DENSITY_PART, FEATURES_PART = 1, 2  # march_bwd's parts (MARCH_DENSITY, MARCH_FEATURES in march.c)
+
+
+def _field_struct(ctype: Any) -> type[ctypes.Structure]:
+    """The ctypes twin of march.c's ``field_t`` for the element type ``ctype``."""
+    vp, i64 = ctypes.c_void_p, ctypes.c_int64
+    return type("FieldT", (ctypes.Structure,), {"_fields_": [
+        ("n", i64), ("density", vp), ("feats", vp), ("C", i64), ("scale", ctype), ("shift", ctype),
+        ("step", ctype), ("tanh_act", i64), ("thr", ctype), ("occ", vp), ("g", i64), ("cell", i64),
+        ("t_stop", ctype)]})
+
+
+class _RaysT(ctypes.Structure):
+    """The ctypes twin of march.c's ``rays_t`` (pointers, then the dense weights' row length)."""
+
+    _fields_ = [("start", ctypes.c_void_p), ("delta", ctypes.c_void_p), ("t0", ctypes.c_void_p),
+                ("first", ctypes.c_void_p), ("kept", ctypes.c_void_p), ("ray", ctypes.c_void_p),
+                ("K", ctypes.c_int64)]
+
+
+_STRUCTS = {dtype: _field_struct(ctypes.c_float if c == "float" else ctypes.c_double)
+            for dtype, (c, _) in NATIVE_DTYPES.items()}
+
+
+@dataclass
+class HitRays:
+    """The rays that hit the box, in the renderer's layout (all detached, contiguous, one device and dtype).
+
+    Attributes:
+        ray: (n,) int64 index of each hit ray in the batch.
+        start: (n, 3) first kept sample of each ray, voxel index coordinates.
+        delta: (n, 3) step between samples, voxel index coordinates.
+        t0: (n,) distance of the first kept sample.
+        first: (n,) int64 dense-layout index of the first kept sample, or None (0 for every ray).
+        kept: (n,) int64 samples kept per ray (``first + kept <= K``).
+        K: samples per row of the dense weights (the longest ray's count).
+    """
+
+    ray: Tensor
+    start: Tensor
+    delta: Tensor
+    t0: Tensor
+    first: Tensor | None
+    kept: Tensor
+    K: int
+
+    def struct(self) -> _RaysT:
+        """The ``rays_t`` for the kernels (the tensors must stay alive while it is used)."""
+        first = self.first.data_ptr() if self.first is not None else None
+        return _RaysT(self.start.data_ptr(), self.delta.data_ptr(), self.t0.data_ptr(), first,
+                      self.kept.data_ptr(), self.ray.data_ptr(), self.K)
+
+
+def fused_supported(field: VoxelField, *tensors: Tensor) -> bool:
+    """Whether :func:`render_hit_rays` can render ``field``: the C kernels built, the field's tensors and
+    ``tensors`` float32/float64 on the CPU, at most ``march_max_channels()`` channels, and the field's
+    activations :class:`VoxelField`'s own (a subclass overriding them takes the torch path)."""
+    if not native_supports(field.density, field.features, field.d_scale, *tensors):
+        return False
+    lib = native_lib()
+    return (
+        field.channels <= lib.march_max_channels()
+        and type(field).activate is VoxelField.activate
+        and type(field).activate_features is VoxelField.activate_features
+    )
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What the kernels need of the field and the render besides its tensors."""
+
+    N: int
+    C: int
+    shift: float
+    tanh: bool
+    step: float
+    threshold: float
+    bg_depth: float
+
+
+def _field_args(
+    density: Tensor, features: Tensor, scale: float, cfg: _Settings, grid: OccupancyGrid | None
+) -> tuple[Any, list[Any]]:
+    """``field_t`` for the grids ``density`` (1, N, N, N) and ``features`` (C, N, N, N) (detached), and the
+    objects it points into (to keep alive while it is used)."""
+    dens = density.reshape(-1).contiguous()  # (N^3,)
+    feats = features.reshape(cfg.C, -1).contiguous()  # (C, N^3)
+    planes = pointer_array(list(feats))
+    bits = grid.bits.cpu().contiguous() if grid is not None else None
+    s = _STRUCTS[dens.dtype](
+        n=cfg.N, density=dens.data_ptr(), feats=ctypes.cast(planes, ctypes.c_void_p), C=cfg.C, scale=scale,
+        shift=cfg.shift, step=cfg.step, tanh_act=int(cfg.tanh), thr=cfg.threshold,
+        occ=bits.data_ptr() if bits is not None else None, g=grid.coarse_size if grid is not None else 0,
+        cell=grid.cell if grid is not None else 1, t_stop=grid.stop_transmittance if grid is not None else 0.0,
+    )
+    return s, [dens, feats, planes, bits]
+
+
+class _FusedRender(torch.autograd.Function):
+    """``march_fwd``/``march_bwd`` as one autograd node: (density, features, d_scale, bg) in; features (R, C),
+    depth (R,), opacity (R,), dense weights (n, K) and per-ray counts (n, 2) out."""
+
+    @staticmethod
+    def forward(ctx: Any, density: Tensor, features: Tensor, d_scale: Tensor, bg: Tensor, rays: HitRays,
+                cfg: _Settings, grid: OccupancyGrid | None) -> Any:
+        dtype = bg.dtype
+        n, K, R = rays.ray.shape[0], rays.K, bg.shape[0]
+        scale = float(d_scale.detach().exp())
+        fld, keep = _field_args(density.detach(), features.detach(), scale, cfg, grid)
+        rs = rays.struct()
+        w, raw = bg.new_empty(n, K), bg.new_empty(n, K)  # dense weights, raw density where w != 0
+        fs = bg.new_empty(n, K, cfg.C)  # activated features where w >= threshold
+        feat = bg.detach().clone()  # (R, C): rays that miss the box see the background
+        depth = bg.new_full((R,), cfg.bg_depth)  # (R,)
+        opacity = bg.new_zeros(R)  # (R,)
+        stats = torch.empty(n, 2, dtype=torch.int64)  # (n, 2) looked up, shaded
+        bgc = bg.detach().contiguous()
+        fn = kernel("march_fwd", dtype)
+        outs = (w.data_ptr(), raw.data_ptr(), fs.data_ptr(), feat.data_ptr(), depth.data_ptr(), opacity.data_ptr(),
+                stats.data_ptr())
+        cuts = split_rays(n, K)
+        run_jobs([partial(fn, ctypes.byref(fld), ctypes.byref(rs), a, b, bgc.data_ptr(), cfg.bg_depth, *outs)
+                  for a, b in zip(cuts, cuts[1:])])
+        del keep
+        ctx.save_for_backward(w, raw, fs, bgc, opacity, density, features)
+        ctx.rays, ctx.cfg, ctx.scale = rays, cfg, scale
+        ctx.mark_non_differentiable(stats)
+        return feat, depth, opacity, w, stats
+
+    @staticmethod
+    def backward(ctx: Any, g_feat: Tensor | None, g_depth: Tensor | None, g_op: Tensor | None,
+                 g_w: Tensor | None, _g_stats: Tensor | None) -> Any:
+        w, raw, fs, bg, opacity, density, features = ctx.saved_tensors
+        rays, cfg = ctx.rays, ctx.cfg
+        n, R, C, N, dtype = w.shape[0], bg.shape[0], cfg.C, cfg.N, w.dtype
+        need_d = ctx.needs_input_grad[0] or ctx.needs_input_grad[2]
+        need_f = ctx.needs_input_grad[1]
+        g_feat = g_feat.contiguous() if g_feat is not None else bg.new_zeros(R, C)
+        g_depth = g_depth.contiguous() if g_depth is not None else bg.new_zeros(R)
+        g_op = g_op.contiguous() if g_op is not None else bg.new_zeros(R)
+        g_w = g_w.contiguous() if g_w is not None else None
+        g_bg = g_feat * (1.0 - opacity)[:, None] if ctx.needs_input_grad[3] else None  # (R, C)
+        if not (need_d or need_f):
+            return None, None, None, g_bg, None, None, None
+        fld, keep = _field_args(density.detach(), features.detach(), ctx.scale, cfg, None)
+        rs = rays.struct()
+        g_dens = torch.zeros(1, N, N, N, dtype=dtype) if need_d else None
+        g_fts = torch.zeros(C, N, N, N, dtype=dtype) if need_f else None
+        g_ds = torch.zeros(n, dtype=torch.float64)  # (n,) d_scale's gradient per ray
+        fplanes = pointer_array(list(g_fts.view(C, -1))) if g_fts is not None else None
+        fn = kernel("march_bwd", dtype)
+        args = (ctypes.byref(fld), ctypes.byref(rs), 0, n, bg.data_ptr(), cfg.bg_depth, w.data_ptr(), raw.data_ptr(),
+                fs.data_ptr(), g_w.data_ptr() if g_w is not None else None, g_feat.data_ptr(), g_depth.data_ptr(),
+                g_op.data_ptr())
+        outs = (g_dens.data_ptr() if g_dens is not None else None, fplanes, g_ds.data_ptr())
+        parts = [p for p, on in ((DENSITY_PART, need_d), (FEATURES_PART, need_f)) if on]
+        if len(split_rays(n, rays.K)) > 2 and len(parts) == 2:  # two threads: one part each over every ray
+            jobs = [partial(fn, *args, p, *outs) for p in parts]
+        else:
+            jobs = [partial(fn, *args, sum(parts), *outs)]
+        codes: list[int] = []
+        run_jobs([lambda job=job: codes.append(job()) for job in jobs])
+        del keep
+        if any(codes):
+            raise MemoryError("march_bwd could not allocate its scratch")
+        g_density = g_dens if ctx.needs_input_grad[0] else None
+        g_dscale = g_ds.sum().to(dtype).reshape(()) if ctx.needs_input_grad[2] else None
+        return g_density, g_fts, g_dscale, g_bg, None, None, None
+
+
+def render_hit_rays(
+    field: VoxelField, rays: HitRays, bg: Tensor, step: float, threshold: float, bg_depth: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, int, int]:
+    """Render the hit rays of a batch of ``R`` rays through ``field`` with the fused kernels.
+
+    Args:
+        field: the field (see :func:`fused_supported`); its occupancy grid, if any, skips samples.
+        rays: the rays that hit the box (:class:`HitRays`).
+        bg: (R, C) background features of every ray of the batch (differentiable).
+        step: march step in world units.
+        threshold: features of samples with a smaller weight are left out.
+        bg_depth: depth given to the background's share.
+
+    Returns:
+        ``features`` (R, C), ``depth`` (R,), ``opacity`` (R,), ``weights`` (n, K) dense, differentiable with
+        respect to the field's density, features, ``d_scale`` and ``bg``; then the samples looked up and the
+        samples shaded (``w >= threshold``).
+    """
+    if field.channels != bg.shape[1]:
+        raise ValueError(f"bg must be (R, {field.channels}), got {tuple(bg.shape)}")
+    cfg = _Settings(field.grid_size, field.channels, field.density_shift, field.feature_activation == "tanh",
+                    float(step), float(threshold), float(bg_depth))
+    feat, depth, opacity, w, stats = _FusedRender.apply(
+        field.density, field.features, field.d_scale, bg.contiguous(), rays, cfg, field.occupancy_grid)
+    looked, shaded = stats.sum(0).tolist()
+    return feat, depth, opacity, w, int(looked), int(shaded)

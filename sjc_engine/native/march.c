@@ -1,0 +1,454 @@
+/* Fused volume rendering of a ray batch through a voxel field, forward and analytic backward, for
+   sjc_engine/march.py (render_hit_rays). Build with the other kernels: cc -O3 -shared -fPIC -o k.so *.c -lm
+   (sjc_engine/native/build.py does it, and caches the library).
+
+   Per ray, one pass over its samples does what the torch path does in a dozen dense (rays x samples) ops:
+   march, skip samples in empty coarse cells (occupancy bits), trilinear lookup of the raw density,
+   sigma = softplus(raw * scale + shift), tau = sigma * step, compositing w_i = (1 - e^-tau_i) T_i with
+   T_{i+1} = T_i - w_i, stop once T < t_stop (with an occupancy grid), features looked up and activated
+   (identity or tanh) only where w_i >= thr, and the background blend. The backward walks each ray twice
+   (forward: T_{i+1} and a_i; reverse: g_tau) and scatters straight into the grids' gradients.
+
+   Geometry (as sjc_engine/renderer.py): hit ray j (j < n) is ray ray[j] of the batch; its sample i (i < kept[j])
+   sits at start[j] + i delta[j] in voxel index coordinates and at distance t0[j] + i step, and its weight goes
+   to w[j K + first[j] + i] of the dense (n, K) weights (zero elsewhere). Grids are planes of n^3 values, flat
+   index (x n + y) n + z. Samples are clamped into the grid as in trilinear.c.
+
+   The typed kernels below are compiled once per element type: this file includes itself with T (float,
+   double), SUF (f32, f64), EXP, EXPM1, LOG1P and TANH defined, and FN(name) names a kernel name_f32 / name_f64. */
+#ifndef SJC_M_TYPED
+#define SJC_M_TYPED
+/* no FP traps are enabled, so the branch-free blocks below may evaluate both sides of a select: that lets
+   the compiler vectorise them (results are the same) */
+#pragma GCC optimize("no-trapping-math")
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#define MAXC 16 /* feature channels */
+#define FN_CAT(a, b) a##_##b
+#define FN_(a, b) FN_CAT(a, b)
+#define FN(name) FN_(name, SUF)
+#define MARCH_DENSITY 1  /* march_bwd: the density path (compositing backward, density and d_scale gradients) */
+#define BLOCK 16       /* samples looked up before they are composited */
+#define MARCH_FEATURES 2 /* march_bwd: the feature gradients */
+
+int march_max_channels(void) { return MAXC; }
+
+/* e^x for float in plain arithmetic (Cody-Waite reduction and cephes' polynomial, ~1 ulp), so loops over
+   blocks of samples vectorise; 0 below -87.3 (where expf gives denormals or 0), +inf above 88.7. */
+static inline float m_expf(float x) {
+    const float xc = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+    const float k = floorf(xc * 1.44269504088896341f + 0.5f);
+    const float r = (xc - k * 0.693359375f) + k * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float y = p * r * r + r + 1.0f;
+    union {
+        int32_t i;
+        float f;
+    } two_k;
+    two_k.i = ((int32_t)k + 127) << 23;
+    return x < -87.3f ? 0.0f : (x > 88.7f ? INFINITY : y * two_k.f);
+}
+
+#define T float
+#define SUF f32
+#define FAST_FLOAT 1
+#define EXP expf
+#define EXPM1 expm1f
+#define LOG1P log1pf
+#define TANH tanhf
+#include __FILE__
+#undef T
+#undef SUF
+#undef EXP
+#undef EXPM1
+#undef LOG1P
+#undef TANH
+#undef FAST_FLOAT
+
+#define T double
+#define SUF f64
+#define FAST_FLOAT 0
+#define EXP exp
+#define EXPM1 expm1
+#define LOG1P log1p
+#define TANH tanh
+#include __FILE__
+#undef T
+#undef SUF
+#undef EXP
+#undef EXPM1
+#undef LOG1P
+#undef TANH
+#undef FAST_FLOAT
+
+#else /* typed kernels */
+
+/* The field a ray batch is rendered through, and how (one struct per call, filled by march.py). */
+typedef struct {
+    int64_t n;              /* grid nodes per side */
+    const T* density;       /* (n^3,) raw density */
+    const T* const* feats;  /* C planes (n^3,) of raw features */
+    int64_t C;              /* feature channels, <= MAXC */
+    T scale, shift;         /* sigma = softplus(raw * scale + shift); scale = exp(d_scale) */
+    T step;                 /* march step, world units */
+    int64_t tanh_act;       /* 1: features through tanh, 0: identity */
+    T thr;                  /* features count where w >= thr */
+    const uint8_t* occ;     /* (g^3,) occupancy bits, or NULL: every sample looked up, rays never stop */
+    int64_t g, cell;        /* coarse cells per side, fine voxels per coarse cell side */
+    T t_stop;               /* with occ: a ray stops once its transmittance is below this (0: never) */
+} FN(field_t);
+
+/* The hit rays (see the file comment). first may be NULL (0 for every ray). */
+typedef struct {
+    const T* start;
+    const T* delta;
+    const T* t0;
+    const int64_t* first;
+    const int64_t* kept;
+    const int64_t* ray;
+    int64_t K; /* samples per row of the dense weights */
+} FN(rays_t);
+
+/* Lower cell node (flat index *base) and the 8 trilinear weights of the point x (index coordinates), as
+   trilinear.c's corner(): x clamped into [0, n - 1], the cell into [0, n - 2]; corner q = 4a + 2b + c at
+   base + a n^2 + b n + c. 0 for a NaN point. */
+static inline int FN(m_corner)(const T* x3, int64_t n, int64_t* base, T* w) {
+    int64_t c[3];
+    T f[3];
+    for (int a = 0; a < 3; ++a) {
+        T x = x3[a];
+        if (x != x) return 0;
+        if (x < 0) x = 0;
+        if (x > (T)(n - 1)) x = (T)(n - 1);
+        int64_t i = (int64_t)x;
+        if (i > n - 2) i = n - 2;
+        c[a] = i;
+        f[a] = x - (T)i;
+    }
+    *base = (c[0] * n + c[1]) * n + c[2];
+    T gx = 1 - f[0], gy = 1 - f[1], gz = 1 - f[2];
+    T xy[4] = {gx * gy, gx * f[1], f[0] * gy, f[0] * f[1]};
+    for (int j = 0; j < 4; ++j) {
+        w[2 * j] = xy[j] * gz;
+        w[2 * j + 1] = xy[j] * f[2];
+    }
+    return 1;
+}
+
+/* Whether x lies in an occupied coarse cell (as trilinear.c's occupied(); NaN points count as occupied). */
+static inline int FN(m_occupied)(const T* x3, int64_t n, const uint8_t* occ, int64_t g, int64_t cell) {
+    int64_t c[3];
+    for (int a = 0; a < 3; ++a) {
+        T x = x3[a];
+        if (x != x) return 1;
+        if (x < 0) x = 0;
+        int64_t i = (int64_t)x;
+        if (i > n - 2) i = n - 2;
+        c[a] = i / cell;
+    }
+    return occ[(c[0] * g + c[1]) * g + c[2]];
+}
+
+/* Activated features f (C,) at a point of cell base with weights w; vals caches the cell's corner values
+   (valid while *cached == base). */
+static inline void FN(m_features)(const FN(field_t)* F, int64_t base, const T* w, T vals[][8], int64_t* cached,
+                                  T* f) {
+    const int64_t n = F->n, nn = n * n;
+    const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
+    if (*cached != base) {
+        for (int64_t c = 0; c < F->C; ++c)
+            for (int q = 0; q < 8; ++q) vals[c][q] = F->feats[c][base + o[q]];
+        *cached = base;
+    }
+    for (int64_t c = 0; c < F->C; ++c) {
+        T s = 0;
+        for (int q = 0; q < 8; ++q) s += w[q] * vals[c][q];
+        f[c] = F->tanh_act ? TANH(s) : s;
+    }
+}
+
+#if FAST_FLOAT
+#define MEXP m_expf
+#else
+#define MEXP EXP
+#endif
+
+/* For t < nb: tau[t] = softplus(raw[t] scale + shift) step (softplus(z) = log(1 + e^z), z itself above 20, as
+   torch's) and em[t] = e^-tau[t] - 1. For float a branch-free loop the compiler vectorises: softplus as
+   max(z, 0) + log1p(e^-|z|), log1p(e) = 2 atanh(e / (2 + e)) by its odd series (to u^19, u <= 1/3: remainder
+   < 3e-10 relative), and e^x - 1 by its Taylor series to x^9 where x > -0.35 (remainder < 1e-9 relative), else
+   e^x - 1 (> 0.29 in size: a few ulps); a few float ulps from log1pf/expm1f. For double the libm functions. */
+static inline void FN(m_thickness)(const T* raw, int64_t nb, T scale, T shift, T step, T* tau, T* em) {
+#if FAST_FLOAT
+    for (int64_t t = 0; t < nb; ++t) {
+        const T z = raw[t] * scale + shift;
+        const T e = MEXP(-fabsf(z)), u = e / (2 + e), u2 = u * u;
+        T p = (T)(1.0 / 19);
+        p = p * u2 + (T)(1.0 / 17);
+        p = p * u2 + (T)(1.0 / 15);
+        p = p * u2 + (T)(1.0 / 13);
+        p = p * u2 + (T)(1.0 / 11);
+        p = p * u2 + (T)(1.0 / 9);
+        p = p * u2 + (T)(1.0 / 7);
+        p = p * u2 + (T)(1.0 / 5);
+        p = p * u2 + (T)(1.0 / 3);
+        p = p * u2 + 1;
+        const T sp = (z > 0 ? z : 0) + 2 * u * p;
+        const T ta = (z > 20 ? z : sp) * step;
+        const T x = -ta;
+        T q = x * (T)(1.0 / 9);
+        q = x * (T)(1.0 / 8) * (1 + q);
+        q = x * (T)(1.0 / 7) * (1 + q);
+        q = x * (T)(1.0 / 6) * (1 + q);
+        q = x * (T)(1.0 / 5) * (1 + q);
+        q = x * (T)(1.0 / 4) * (1 + q);
+        q = x * (T)(1.0 / 3) * (1 + q);
+        q = x * (T)(1.0 / 2) * (1 + q);
+        const T small = x * (1 + q);
+        tau[t] = ta;
+        em[t] = x > (T)-0.35 ? small : MEXP(x) - 1;
+    }
+#else
+    for (int64_t t = 0; t < nb; ++t) {
+        const T z = raw[t] * scale + shift;
+        tau[t] = (z > 20 ? z : LOG1P(EXP(z))) * step;
+        em[t] = EXPM1(-tau[t]);
+    }
+#endif
+}
+
+/* The softplus's derivative: sg[t] = sigmoid(z) = e^z / (e^z + 1), z = raw[t] scale + shift, 1 above 20 (as
+   torch's softplus backward), for t < nb (vectorised for float). */
+static inline void FN(m_sigmoid)(const T* raw, int64_t nb, T scale, T shift, T* sg) {
+    for (int64_t t = 0; t < nb; ++t) {
+        const T z = raw[t] * scale + shift;
+        const T e = MEXP(z > 20 ? 20 : z);
+        sg[t] = z > 20 ? 1 : e / (e + 1);
+    }
+}
+
+/* Forward of hit rays j in [j0, j1). Writes the dense weights w (n, K) rows j (zero where no sample, or a
+   skipped one), raw (n, K) the raw density of every sample with w != 0 (read by march_bwd; other entries are
+   left as they are), for ray r = ray[j]: out_feat (R, C) = sum_i [w_i >= thr] w_i f_i + (1 - opacity) bg[r],
+   out_depth (R,) = sum_i w_i t_i + (1 - opacity) bg_depth, out_op (R,) = 1 - T_end; and stats (n, 2): samples
+   looked up, samples with w >= thr. Rays that miss the box are not touched (the caller fills them). */
+void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64_t j1, const T* bg, T bg_depth,
+                   T* w, T* raw, T* fs, T* out_feat, T* out_depth, T* out_op, int64_t* stats) {
+    const int64_t n = F->n, nn = n * n, C = F->C, K = Rs->K;
+    const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
+    T dvals[8] = {0}, fvals[MAXC][8], rgb[MAXC];
+    /* a block of samples: looked up first (independent), then their thickness (vectorised), then composited */
+    T braw[BLOCK], btau[BLOCK], bem[BLOCK], bcw[BLOCK][8];
+    int64_t bbase[BLOCK];
+    int8_t bstate[BLOCK]; /* 0: skipped (empty cell), 1: looked up, 2: looked up at a NaN point */
+    for (int64_t j = j0; j < j1; ++j) {
+        const int64_t m = Rs->kept[j], off = j * K + (Rs->first ? Rs->first[j] : 0), r = Rs->ray[j];
+        const T* s = Rs->start + 3 * j;
+        const T* d = Rs->delta + 3 * j;
+        const T t0 = Rs->t0[j];
+        memset(w + j * K, 0, (size_t)K * sizeof(T));
+        T* wr = w + off;
+        T* rr = raw + off;
+        T trans = 1, dep = 0;
+        int64_t dprev = -1, fprev = -1, looked = 0, shaded = 0;
+        int stopped = 0;
+        for (int64_t c = 0; c < C; ++c) rgb[c] = 0;
+        for (int64_t i0 = 0; i0 < m && !stopped; i0 += BLOCK) {
+            const int64_t nb = m - i0 < BLOCK ? m - i0 : BLOCK;
+            for (int64_t t = 0; t < nb; ++t) { /* raw density of the block's live samples */
+                const int64_t i = i0 + t;
+                const T x[3] = {s[0] + (T)i * d[0], s[1] + (T)i * d[1], s[2] + (T)i * d[2]};
+                braw[t] = 0;
+                bstate[t] = !F->occ || FN(m_occupied)(x, n, F->occ, F->g, F->cell);
+                if (!bstate[t]) continue;
+                int64_t b = 0;
+                if (!FN(m_corner)(x, n, &b, bcw[t])) {
+                    bstate[t] = 2;
+                    braw[t] = NAN;
+                    continue;
+                }
+                bbase[t] = b;
+                if (b != dprev) {
+                    for (int q = 0; q < 8; ++q) dvals[q] = F->density[b + o[q]];
+                    dprev = b;
+                }
+                T rv = 0;
+                for (int q = 0; q < 8; ++q) rv += bcw[t][q] * dvals[q];
+                braw[t] = rv;
+            }
+            FN(m_thickness)(braw, nb, F->scale, F->shift, F->step, btau, bem);
+            for (int64_t t = 0; t < nb; ++t) { /* compositing, in order */
+                if (!bstate[t]) continue;
+                const int64_t i = i0 + t;
+                ++looked;
+                if (btau[t] != 0) { /* tau == 0: no weight and no gradient, as a skipped sample */
+                    const T wi = -bem[t] * trans;
+                    trans = trans - wi;
+                    wr[i] = wi;
+                    rr[i] = braw[t];
+                    dep += wi * (t0 + (T)i * F->step);
+                    if (wi >= F->thr) {
+                        ++shaded;
+                        T* fi = fs + (off + i) * C;
+                        if (bstate[t] == 1) {
+                            FN(m_features)(F, bbase[t], bcw[t], fvals, &fprev, fi);
+                            for (int64_t c = 0; c < C; ++c) rgb[c] += wi * fi[c];
+                        } else {
+                            for (int64_t c = 0; c < C; ++c) fi[c] = NAN;
+                        }
+                    }
+                }
+                if (F->occ && F->t_stop > 0 && trans < F->t_stop) { /* later weights are all below t_stop */
+                    stopped = 1;
+                    break;
+                }
+            }
+        }
+        const T keep = 1 - (1 - trans); /* 1 - opacity, rounded as the torch path's */
+        out_op[r] = 1 - trans;
+        out_depth[r] = dep + keep * bg_depth;
+        for (int64_t c = 0; c < C; ++c) out_feat[r * C + c] = rgb[c] + keep * bg[r * C + c];
+        stats[2 * j] = looked;
+        stats[2 * j + 1] = shaded;
+    }
+}
+
+/* Adds acc[c][q] (c < C) into the cell of base in the planes G (its 8 corners at base + o[q]) and clears acc. */
+static inline void FN(m_flush)(T* const* G, int64_t C, int64_t base, const int64_t* o, T acc[][8]) {
+    for (int64_t c = 0; c < C; ++c) {
+        T* g = G[c] + base;
+        for (int q = 0; q < 8; ++q) {
+            g[o[q]] += acc[c][q];
+            acc[c][q] = 0;
+        }
+    }
+}
+
+/* Backward of march_fwd for hit rays j in [j0, j1), given the forward's w, raw and fs and the gradients of its
+   outputs (g_w (n, K) may be NULL; g_feat (R, C), g_depth (R,), g_op (R,)). parts (MARCH_DENSITY |
+   MARCH_FEATURES) says what to do, so two threads can take one part each over every ray:
+   - MARCH_DENSITY: with a_i = g_w_i + [w_i >= thr] <g_rgb, f_i> + g_dep t_i (g_rgb = g_feat[r], g_dep =
+     g_depth[r]) and g_opacity = g_op[r] - <g_feat[r], bg[r]> - g_depth[r] bg_depth,
+     g_tau_i = a_i T_{i+1} - sum_{l>i} a_l w_l + g_opacity T_end; g_z_i = g_tau_i step sigmoid(z_i) (1 where
+     z_i > 20, as torch's softplus); g_density[corners] += cw g_z_i scale, g_dscale[j] = scale sum_i g_z_i raw_i.
+   - MARCH_FEATURES: g_features[c][corners] += cw w_i g_rgb_c (times 1 - f_c^2 for tanh) where w_i >= thr.
+   Samples with w == 0 (skipped, stopped, tau == 0, past the end) get no gradient. Consecutive samples in one
+   cell are summed before one scatter of the cell. scratch: 3 K values. */
+static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64_t j1, const T* bg,
+                          T bg_depth, const T* w, const T* raw, const T* fs, const T* g_w, const T* g_feat,
+                          const T* g_depth, const T* g_op, int64_t parts, T* g_density, T* const* g_features,
+                          double* g_dscale, T* scratch) {
+    const int64_t n = F->n, nn = n * n, C = F->C, K = Rs->K;
+    const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
+    const int dens = (parts & MARCH_DENSITY) != 0, feat = (parts & MARCH_FEATURES) != 0;
+    T facc[MAXC][8], dacc[1][8];
+    T* const gd[1] = {g_density};
+    for (int64_t c = 0; c < C; ++c)
+        for (int q = 0; q < 8; ++q) facc[c][q] = 0;
+    for (int q = 0; q < 8; ++q) dacc[0][q] = 0;
+    T* sa = scratch;         /* a_i, then g_tau_i */
+    T* st = scratch + K;     /* T_{i+1} */
+    T* sg = scratch + 2 * K; /* sigmoid(z_i) */
+    for (int64_t j = j0; j < j1; ++j) {
+        const int64_t m = Rs->kept[j], off = j * K + (Rs->first ? Rs->first[j] : 0), r = Rs->ray[j];
+        const T* s = Rs->start + 3 * j;
+        const T* d = Rs->delta + 3 * j;
+        const T* wr = w + off;
+        const T* rr = raw + off;
+        const T* grgb = g_feat + r * C;
+        if (dens) {
+            /* forward: T_{i+1} and a_i */
+            const T* gwr = g_w ? g_w + off : NULL;
+            const T gdep = g_depth[r], t0 = Rs->t0[j];
+            T trans = 1;
+            for (int64_t i = 0; i < m; ++i) {
+                const T wi = wr[i];
+                if (wi == 0) continue;
+                trans = trans - wi;
+                st[i] = trans;
+                T a = (gwr ? gwr[i] : 0) + gdep * (t0 + (T)i * F->step);
+                if (wi >= F->thr) {
+                    const T* f = fs + (off + i) * C;
+                    for (int64_t c = 0; c < C; ++c) a += grgb[c] * f[c];
+                }
+                sa[i] = a;
+            }
+            /* reverse: g_tau */
+            T gop = g_op[r] - gdep * bg_depth;
+            for (int64_t c = 0; c < C; ++c) gop -= grgb[c] * bg[r * C + c];
+            const T tail = gop * trans; /* g_opacity T_end */
+            T suffix = 0;
+            for (int64_t i = m - 1; i >= 0; --i) {
+                const T wi = wr[i];
+                if (wi == 0) continue;
+                const T a = sa[i];
+                sa[i] = a * st[i] - suffix + tail;
+                suffix += a * wi;
+            }
+            FN(m_sigmoid)(rr, m, F->scale, F->shift, sg); /* garbage where w == 0, unused there */
+        }
+        /* scatter, in order: density (every sample with w != 0), features (w >= thr) */
+        int64_t cur = -1;
+        double gds = 0;
+        for (int64_t i = 0; i < m; ++i) {
+            const T wi = wr[i];
+            if (wi == 0) continue;
+            const int shade = feat && wi >= F->thr;
+            if (!dens && !shade) continue;
+            const T x[3] = {s[0] + (T)i * d[0], s[1] + (T)i * d[1], s[2] + (T)i * d[2]};
+            int64_t b = 0;
+            T cw[8] = {0};
+            const int ok = FN(m_corner)(x, n, &b, cw);
+            if (ok && b != cur) {
+                if (cur >= 0) {
+                    if (dens) FN(m_flush)(gd, 1, cur, o, dacc);
+                    if (feat) FN(m_flush)(g_features, C, cur, o, facc);
+                }
+                cur = b;
+            }
+            if (dens) {
+                const T gz = sa[i] * F->step * sg[i];
+                gds += (double)gz * (double)rr[i];
+                const T gr = gz * F->scale;
+                if (ok)
+                    for (int q = 0; q < 8; ++q) dacc[0][q] += cw[q] * gr;
+            }
+            if (shade && ok) {
+                const T* f = fs + (off + i) * C;
+                for (int64_t c = 0; c < C; ++c) {
+                    T gf = wi * grgb[c];
+                    if (F->tanh_act) gf *= 1 - f[c] * f[c];
+                    for (int q = 0; q < 8; ++q) facc[c][q] += cw[q] * gf;
+                }
+            }
+        }
+        if (cur >= 0) {
+            if (dens) FN(m_flush)(gd, 1, cur, o, dacc);
+            if (feat) FN(m_flush)(g_features, C, cur, o, facc);
+        }
+        if (dens) g_dscale[j] = gds * (double)F->scale;
+    }
+}
+
+/* march_bwd over rays [j0, j1) (see bwd_range); g_density, g_features and g_dscale are only touched by the
+   parts asked for. Returns 0, or 1 if the scratch could not be allocated. */
+int FN(march_bwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64_t j1, const T* bg, T bg_depth,
+                  const T* w, const T* raw, const T* fs, const T* g_w, const T* g_feat, const T* g_depth,
+                  const T* g_op, int64_t parts, T* g_density, T* const* g_features, double* g_dscale) {
+    T* scratch = (T*)malloc((size_t)(3 * Rs->K + 1) * sizeof(T));
+    if (!scratch) return 1;
+    FN(bwd_range)(F, Rs, j0, j1, bg, bg_depth, w, raw, fs, g_w, g_feat, g_depth, g_op, parts, g_density, g_features,
+                  g_dscale, scratch);
+    free(scratch);
+    return 0;
+}
+
+#undef MEXP
+#endif

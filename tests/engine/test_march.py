@@ -1,0 +1,161 @@
+"""The fused native renderer (sjc_engine/march.py, native/march.c) against the torch path: values, counts and
+gradients of density, features, d_scale and background, with and without an occupancy grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sjc_engine.cameras import sample_camera
+from sjc_engine.field import VoxelField
+from sjc_engine.march import fused_supported
+from sjc_engine.native import native_lib
+from sjc_engine.renderer import render_rays
+
+pytestmark = pytest.mark.skipif(native_lib() is None, reason="C kernels not built")
+
+N = 40
+PARAMS = ("density", "features", "d_scale", "bg")
+
+
+def _torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every native kernel off for the renderer: the pure torch path."""
+    for mod in ("march", "trilinear", "composite"):
+        monkeypatch.setattr(f"sjc_engine.{mod}.native_supports", lambda *t: False)
+
+
+def _rays(size: int = 20, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """A camera's rays plus two that miss the box."""
+    o, d = sample_camera(np.random.default_rng(seed), size, 1.8).rays(dtype=dtype)
+    o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+    miss_o = torch.tensor([[0.0, 3.0, 0.0], [3.0, 3.0, 3.0]], dtype=dtype)
+    miss_d = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=dtype)
+    return torch.cat([o, miss_o]), torch.cat([d, miss_d])
+
+
+def _field(state: str, activation: str, dtype: torch.dtype) -> VoxelField:
+    """``random``: every sample carries weight; ``ball``: an opaque ball in near-empty space (rays stop in it)."""
+    torch.manual_seed(0)
+    f = VoxelField(N, 3, feature_activation=activation, bg_res=4).to(dtype)
+    with torch.no_grad():
+        if state == "random":
+            f.density.normal_(0.0, 2.0)
+        else:
+            r = f.grid_points().to(dtype).norm(dim=-1)
+            f.density[0] = torch.where(r < 0.35, 40.0, -12.0)
+        f.d_scale.fill_(0.2)
+    return f
+
+
+def _render(f: VoxelField, o: torch.Tensor, d: torch.Tensor):
+    """Render, a loss on every output (the emptiness loss on the weights too), and the parameters' gradients."""
+    f.zero_grad(set_to_none=True)
+    out = render_rays(f, o, d)
+    g = torch.Generator().manual_seed(1)
+    target = torch.randn(out.features.shape, generator=g, dtype=out.features.dtype)
+    loss = ((out.features - target).square().sum() + 10 * torch.log1p(10 * out.weights).mean()
+            + out.depth.mean() + 0.3 * out.opacity.sum())
+    loss.backward()
+    return out, [getattr(f, k).grad.clone() for k in PARAMS]
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Equal to rounding. float64 too only to ~3e-8 relative: the torch path's thickness is
+    ``sigma * (mask * step)``, a float32 copy of the step (bool mask times a Python float)."""
+    tol = 1e-4 if dtype == torch.float32 else 1e-6
+    a, b = a.detach(), b.detach()
+    return torch.allclose(a, b, rtol=tol, atol=tol * max(float(b.abs().max()), 1.0))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("activation", ["identity", "tanh"])
+@pytest.mark.parametrize("state", ["random", "ball", "ball+grid"])
+def test_fused_matches_the_torch_path(state: str, activation: str, dtype: torch.dtype, threads: int,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    f = _field(state.split("+")[0], activation, dtype)
+    if state.endswith("+grid"):
+        f.refresh_occupancy(0.5 * f.voxel_size)
+        assert 0.05 < f.occupancy_grid.fraction < 0.8
+    o, d = _rays(dtype=dtype)
+    assert fused_supported(f, o)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fused, g_fused = _render(f, o, d)
+        _torch_path(monkeypatch)
+        assert not fused_supported(f, o)
+        ref, g_ref = _render(f, o, d)
+    finally:
+        torch.set_num_threads(old)
+
+    assert fused.n_samples == ref.n_samples and fused.n_shaded == ref.n_shaded
+    assert 0 < fused.n_shaded <= fused.n_samples
+    assert fused.weights.shape == ref.weights.shape and fused.weights.dim() == 1
+    for a, b in ((fused.features, ref.features), (fused.depth, ref.depth), (fused.opacity, ref.opacity),
+                 (fused.weights, ref.weights)):
+        assert a.dtype == dtype and _close(a, b, dtype)
+    assert torch.equal(fused.weights == 0, ref.weights == 0)  # the same samples weigh, the same are skipped
+    # the two rays that miss the box: background, background depth, no opacity
+    assert torch.equal(fused.opacity[-2:], torch.zeros(2, dtype=dtype))
+    assert torch.allclose(fused.features[-2:], f.background(d[-2:]).detach())
+    for name, a, b in zip(PARAMS, g_fused, g_ref):
+        assert b.abs().max() > 0, name
+        assert _close(a, b, dtype), (name, float((a - b).abs().max()), float(b.abs().max()))
+    if state.startswith("ball"):  # opaque rays end early with a grid; nodes read by no weighted sample get nothing
+        assert torch.equal(g_fused[1] == 0, g_ref[1] == 0)
+        assert (fused.opacity[:-2] > 0.999).sum() > 20
+
+
+def test_stopping_rays_look_up_fewer_samples() -> None:
+    """With a grid, rays stop once their transmittance falls below the floor: fewer samples looked up."""
+    f = _field("ball", "identity", torch.float32)
+    o, d = _rays()
+    dense = render_rays(f, o, d)
+    f.refresh_occupancy(0.5 * f.voxel_size)
+    skip = render_rays(f, o, d)
+    assert skip.n_samples < 0.5 * dense.n_samples
+    assert skip.n_shaded == dense.n_shaded
+    assert torch.allclose(skip.features, dense.features, atol=1e-3)
+
+
+def test_fused_gradients_match_finite_differences() -> None:
+    """float64, a small field: the fused backward against finite differences (density, features, d_scale, bg)."""
+    torch.manual_seed(0)
+    f = VoxelField(grid_size=5, channels=2, bg_res=2, feature_activation="tanh").double()
+    with torch.no_grad():
+        f.density.normal_(0.0, 1.0)
+    o, d = _rays(size=3, seed=2, dtype=torch.float64)
+    assert fused_supported(f, o)
+
+    def render(*tensors: torch.Tensor):
+        saved = {k: getattr(f, k) for k in PARAMS}
+        try:
+            for k, v in zip(PARAMS, tensors):
+                delattr(f, k)
+                setattr(f, k, v)
+            out = render_rays(f, o, d, step_ratio=1.0)
+            return out.features, out.depth, out.opacity, out.weights
+        finally:
+            for k, v in saved.items():
+                delattr(f, k)
+                f.register_parameter(k, v)
+
+    inputs = tuple(getattr(f, k).detach().clone().requires_grad_(True) for k in PARAMS)
+    assert torch.autograd.gradcheck(render, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_other_fields_take_the_torch_path() -> None:
+    """More channels than the kernel takes, or a subclass with its own activation: not fused."""
+    o, d = _rays(size=4)
+    assert not fused_supported(VoxelField(8, 17), o)
+
+    class Squared(VoxelField):
+        def activate(self, raw: torch.Tensor) -> torch.Tensor:
+            return raw.square()
+
+    f = Squared(8, 3)
+    assert not fused_supported(f, o)
+    out = render_rays(f, o, d)
+    assert out.features.shape == (o.shape[0], 3)
