@@ -41,7 +41,7 @@ def _field_struct(ctype: Any) -> type[ctypes.Structure]:
     vp, i64 = ctypes.c_void_p, ctypes.c_int64
     return type("FieldT", (ctypes.Structure,), {"_fields_": [
         ("n", i64), ("density", vp), ("feats", vp), ("C", i64), ("scale", ctype), ("shift", ctype),
-        ("step", ctype), ("tanh_act", i64), ("thr", ctype), ("occ", vp), ("g", i64), ("cell", i64),
+        ("step", ctype), ("tanh_act", i64), ("thr", ctype), ("occ", vp), ("g", i64), ("coarse", vp),
         ("t_stop", ctype)]})
 
 
@@ -122,13 +122,14 @@ def _field_args(
     feats = features.reshape(cfg.C, -1).contiguous()  # (C, N^3)
     planes = pointer_array(list(feats))
     bits = grid.bits.cpu().contiguous() if grid is not None else None
+    coarse = torch.arange(cfg.N) // grid.cell if grid is not None else None  # (N,) int64 coarse cell per fine cell
     s = _STRUCTS[dens.dtype](
         n=cfg.N, density=dens.data_ptr(), feats=ctypes.cast(planes, ctypes.c_void_p), C=cfg.C, scale=scale,
         shift=cfg.shift, step=cfg.step, tanh_act=int(cfg.tanh), thr=cfg.threshold,
         occ=bits.data_ptr() if bits is not None else None, g=grid.coarse_size if grid is not None else 0,
-        cell=grid.cell if grid is not None else 1, t_stop=grid.stop_transmittance if grid is not None else 0.0,
+        coarse=coarse.data_ptr() if coarse is not None else None, t_stop=grid.stop_transmittance if grid is not None else 0.0,
     )
-    return s, [dens, feats, planes, bits]
+    return s, [dens, feats, planes, bits, coarse]
 
 
 class _FusedRender(torch.autograd.Function):

@@ -101,7 +101,8 @@ typedef struct {
     int64_t tanh_act;       /* 1: features through tanh, 0: identity */
     T thr;                  /* features count where w >= thr */
     const uint8_t* occ;     /* (g^3,) occupancy bits, or NULL: every sample looked up, rays never stop */
-    int64_t g, cell;        /* coarse cells per side, fine voxels per coarse cell side */
+    int64_t g;              /* coarse cells per side */
+    const int64_t* coarse;  /* (n,) coarse cell of each fine cell index, i / cell (no division per sample) */
     T t_stop;               /* with occ: a ray stops once its transmittance is below this (0: never) */
 } FN(field_t);
 
@@ -143,7 +144,7 @@ static inline int FN(m_corner)(const T* x3, int64_t n, int64_t* base, T* w) {
 }
 
 /* Whether x lies in an occupied coarse cell (as trilinear.c's occupied(); NaN points count as occupied). */
-static inline int FN(m_occupied)(const T* x3, int64_t n, const uint8_t* occ, int64_t g, int64_t cell) {
+static inline int FN(m_occupied)(const T* x3, int64_t n, const uint8_t* occ, int64_t g, const int64_t* coarse) {
     int64_t c[3];
     for (int a = 0; a < 3; ++a) {
         T x = x3[a];
@@ -151,7 +152,7 @@ static inline int FN(m_occupied)(const T* x3, int64_t n, const uint8_t* occ, int
         if (x < 0) x = 0;
         int64_t i = (int64_t)x;
         if (i > n - 2) i = n - 2;
-        c[a] = i / cell;
+        c[a] = coarse[i];
     }
     return occ[(c[0] * g + c[1]) * g + c[2]];
 }
@@ -266,7 +267,7 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
                 const int64_t i = i0 + t;
                 const T x[3] = {s[0] + (T)i * d[0], s[1] + (T)i * d[1], s[2] + (T)i * d[2]};
                 braw[t] = 0;
-                bstate[t] = !F->occ || FN(m_occupied)(x, n, F->occ, F->g, F->cell);
+                bstate[t] = !F->occ || FN(m_occupied)(x, n, F->occ, F->g, F->coarse);
                 if (!bstate[t]) continue;
                 int64_t b = 0;
                 if (!FN(m_corner)(x, n, &b, bcw[t])) {
