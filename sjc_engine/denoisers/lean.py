@@ -432,7 +432,7 @@ class LeanUNet(nn.Module):
         reason = unet_config_unsupported(cfg)
         if reason is not None:
             raise ValueError(f"LeanUNet cannot build this config: {reason}")
-        self.config = SimpleNamespace(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+        self.config = SimpleNamespace(**cfg)
         c = cfg
         chans = list(c["block_out_channels"])
         n = len(chans)
