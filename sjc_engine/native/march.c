@@ -157,20 +157,15 @@ static inline int FN(m_occupied)(const T* x3, int64_t n, const uint8_t* occ, int
     return occ[(c[0] * g + c[1]) * g + c[2]];
 }
 
-/* Activated features f (C,) at a point of cell base with weights w; vals caches the cell's corner values
-   (valid while *cached == base). */
-static inline void FN(m_features)(const FN(field_t)* F, int64_t base, const T* w, T vals[][8], int64_t* cached,
-                                  T* f) {
+/* Activated features f (C,) at a point of cell base with trilinear weights w (a corner shared with the last
+   sample is still in L1: no copy of the cell's values pays off). */
+static inline void FN(m_features)(const FN(field_t)* F, int64_t base, const T* w, T* f) {
     const int64_t n = F->n, nn = n * n;
     const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
-    if (*cached != base) {
-        for (int64_t c = 0; c < F->C; ++c)
-            for (int q = 0; q < 8; ++q) vals[c][q] = F->feats[c][base + o[q]];
-        *cached = base;
-    }
     for (int64_t c = 0; c < F->C; ++c) {
+        const T* p = F->feats[c] + base;
         T s = 0;
-        for (int q = 0; q < 8; ++q) s += w[q] * vals[c][q];
+        for (int q = 0; q < 8; ++q) s += w[q] * p[o[q]];
         f[c] = F->tanh_act ? TANH(s) : s;
     }
 }
@@ -244,7 +239,7 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
                    T* w, T* raw, T* fs, T* out_feat, T* out_depth, T* out_op, int64_t* stats) {
     const int64_t n = F->n, nn = n * n, C = F->C, K = Rs->K;
     const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
-    T dvals[8] = {0}, fvals[MAXC][8], rgb[MAXC];
+    T rgb[MAXC];
     /* a block of samples: looked up first (independent), then their thickness (vectorised), then composited */
     T braw[BLOCK], btau[BLOCK], bem[BLOCK], bcw[BLOCK][8];
     int64_t bbase[BLOCK];
@@ -258,7 +253,7 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
         T* wr = w + off;
         T* rr = raw + off;
         T trans = 1, dep = 0;
-        int64_t dprev = -1, fprev = -1, looked = 0, shaded = 0;
+        int64_t looked = 0, shaded = 0;
         int stopped = 0;
         for (int64_t c = 0; c < C; ++c) rgb[c] = 0;
         for (int64_t i0 = 0; i0 < m && !stopped; i0 += BLOCK) {
@@ -276,12 +271,9 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
                     continue;
                 }
                 bbase[t] = b;
-                if (b != dprev) {
-                    for (int q = 0; q < 8; ++q) dvals[q] = F->density[b + o[q]];
-                    dprev = b;
-                }
+                const T* dp = F->density + b;
                 T rv = 0;
-                for (int q = 0; q < 8; ++q) rv += bcw[t][q] * dvals[q];
+                for (int q = 0; q < 8; ++q) rv += bcw[t][q] * dp[o[q]];
                 braw[t] = rv;
             }
             FN(m_thickness)(braw, nb, F->scale, F->shift, F->step, btau, bem);
@@ -299,7 +291,7 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
                         ++shaded;
                         T* fi = fs + (off + i) * C;
                         if (bstate[t] == 1) {
-                            FN(m_features)(F, bbase[t], bcw[t], fvals, &fprev, fi);
+                            FN(m_features)(F, bbase[t], bcw[t], fi);
                             for (int64_t c = 0; c < C; ++c) rgb[c] += wi * fi[c];
                         } else {
                             for (int64_t c = 0; c < C; ++c) fi[c] = NAN;
@@ -321,13 +313,18 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
     }
 }
 
-/* Adds acc[c][q] (c < C) into the cell of base in the planes G (its 8 corners at base + o[q]) and clears acc. */
+/* Adds acc[c][q] (c < C) into the cell of base in the planes G (its 8 corners at base + o[q]) and clears acc;
+   corners q, q + 1 are z neighbours, adjacent in memory: one pair load and store each. */
 static inline void FN(m_flush)(T* const* G, int64_t C, int64_t base, const int64_t* o, T acc[][8]) {
+    typedef T pair_t __attribute__((vector_size(2 * sizeof(T))));
     for (int64_t c = 0; c < C; ++c) {
         T* g = G[c] + base;
-        for (int q = 0; q < 8; ++q) {
-            g[o[q]] += acc[c][q];
-            acc[c][q] = 0;
+        for (int q = 0; q < 8; q += 2) { /* corners q, q + 1 are z neighbours: adjacent in memory */
+            pair_t v, a = {acc[c][q], acc[c][q + 1]};
+            memcpy(&v, g + o[q], sizeof v);
+            v += a;
+            memcpy(g + o[q], &v, sizeof v);
+            acc[c][q] = acc[c][q + 1] = 0;
         }
     }
 }
