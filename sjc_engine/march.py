@@ -34,6 +34,8 @@ from sjc_engine.parallel import run_jobs, split_rays
 __all__ = ["HitRays", "fused_supported", "render_hit_rays"]
 
 DENSITY_PART, FEATURES_PART = 1, 2  # march_bwd's parts (MARCH_DENSITY, MARCH_FEATURES in march.c)
+SORT_MIN_SAMPLES = 1 << 19  # dense samples from which rays are walked in direction order (HitRays.sort): 7% faster
+# at 100^3 / 64 x 64, none (or a little slower) at 64^3 / 32 x 32, where what the rays read stays in cache anyway
 
 
 def _field_struct(ctype: Any) -> type[ctypes.Structure]:
@@ -50,7 +52,7 @@ class _RaysT(ctypes.Structure):
 
     _fields_ = [("start", ctypes.c_void_p), ("delta", ctypes.c_void_p), ("t0", ctypes.c_void_p),
                 ("first", ctypes.c_void_p), ("kept", ctypes.c_void_p), ("ray", ctypes.c_void_p),
-                ("K", ctypes.c_int64)]
+                ("order", ctypes.c_void_p), ("K", ctypes.c_int64)]
 
 
 _STRUCTS = {dtype: _field_struct(ctypes.c_float if c == "float" else ctypes.c_double)
@@ -69,6 +71,7 @@ class HitRays:
         first: (n,) int64 dense-layout index of the first kept sample, or None (0 for every ray).
         kept: (n,) int64 samples kept per ray (``first + kept <= K``).
         K: samples per row of the dense weights (the longest ray's count).
+        order: (n,) int64 order the kernels walk the rays in (:meth:`sort`), or None (as given).
     """
 
     ray: Tensor
@@ -78,12 +81,22 @@ class HitRays:
     first: Tensor | None
     kept: Tensor
     K: int
+    order: Tensor | None = None
+
+    def sort(self) -> None:
+        """Set :attr:`order` to walk rays of similar direction one after the other (``march_order``: cells one
+        ray reads are then still in cache for the next; a camera's rays come in rows, whose neighbours below
+        are a row away)."""
+        order = torch.empty_like(self.ray)  # (n,)
+        if not kernel("march_order", self.delta.dtype)(self.delta.data_ptr(), self.ray.shape[0], order.data_ptr()):
+            self.order = order
 
     def struct(self) -> _RaysT:
         """The ``rays_t`` for the kernels (the tensors must stay alive while it is used)."""
         first = self.first.data_ptr() if self.first is not None else None
         return _RaysT(self.start.data_ptr(), self.delta.data_ptr(), self.t0.data_ptr(), first,
-                      self.kept.data_ptr(), self.ray.data_ptr(), self.K)
+                      self.kept.data_ptr(), self.ray.data_ptr(),
+                      self.order.data_ptr() if self.order is not None else None, self.K)
 
 
 def fused_supported(field: VoxelField, *tensors: Tensor) -> bool:
@@ -226,6 +239,8 @@ def render_hit_rays(
         raise ValueError(f"bg must be (R, {field.channels}), got {tuple(bg.shape)}")
     cfg = _Settings(field.grid_size, field.channels, field.density_shift, field.feature_activation == "tanh",
                     float(step), float(threshold), float(bg_depth))
+    if rays.order is None and rays.ray.shape[0] * rays.K >= SORT_MIN_SAMPLES:
+        rays.sort()
     feat, depth, opacity, w, stats = _FusedRender.apply(
         field.density, field.features, field.d_scale, bg.contiguous(), rays, cfg, field.occupancy_grid)
     looked, shaded = stats.sum(0).tolist()

@@ -61,6 +61,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"march_fwd_{suf}").argtypes = [vp, vp, i64, i64, vp, fl] + [vp] * 7
         getattr(lib, f"march_bwd_{suf}").argtypes = [vp, vp, i64, i64, vp, fl] + [vp] * 7 + [i64, vp, vp, vp]
         getattr(lib, f"march_bwd_{suf}").restype = ctypes.c_int
+        getattr(lib, f"march_order_{suf}").argtypes = [vp, i64, vp]
+        getattr(lib, f"march_order_{suf}").restype = ctypes.c_int
         for name in ("tri_fwd", "tri_bwd", "comp_fwd", "comp_bwd", "adamax", "march_fwd"):
             getattr(lib, f"{name}_{suf}").restype = None
     lib.adamax_hw_fma.argtypes, lib.adamax_hw_fma.restype = [], ctypes.c_int

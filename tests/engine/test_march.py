@@ -159,3 +159,36 @@ def test_other_fields_take_the_torch_path() -> None:
     assert not fused_supported(f, o)
     out = render_rays(f, o, d)
     assert out.features.shape == (o.shape[0], 3)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_walking_rays_in_direction_order_changes_only_rounding(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rays walked in direction order (large batches) give what the given order gives, to rounding."""
+    import sjc_engine.march as march
+
+    f = _field("ball", "tanh", torch.float32)
+    f.refresh_occupancy(0.5 * f.voxel_size)
+    o, d = _rays(size=24, seed=4)
+    orders = []
+    real_sort = march.HitRays.sort
+
+    def spy(self: march.HitRays) -> None:
+        real_sort(self)
+        orders.append(self.order)
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        given, g_given = _render(f, o, d)
+        monkeypatch.setattr(march, "SORT_MIN_SAMPLES", 0)
+        monkeypatch.setattr(march.HitRays, "sort", spy)
+        walked, g_walked = _render(f, o, d)
+    finally:
+        torch.set_num_threads(old)
+    (order,) = orders
+    n = order.numel()
+    assert torch.equal(order.sort().values, torch.arange(n)) and not torch.equal(order, torch.arange(n))
+    assert torch.equal(walked.features, given.features) and torch.equal(walked.weights, given.weights)
+    assert walked.n_samples == given.n_samples and walked.n_shaded == given.n_shaded
+    for a, b in zip(g_walked, g_given):
+        assert _close(a, b, torch.float32)
