@@ -129,7 +129,7 @@ def _scheduler(folder: Path, root: Path):
     # Only the noise schedule matters (betas -> alphas_cumprod, prediction_type); any DDPM-family config (PNDM,
     # DDIM, Euler, ...) carries it.
     cfg, data = _scheduler_config(folder, root)
-    from diffusers import DDPMScheduler
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 
     return _guarded(cfg, root, lambda: DDPMScheduler.from_config(data))
 
@@ -158,16 +158,21 @@ def _load_folder(folder: Path, device: torch.device | str, dtype: torch.dtype) -
         den = _load_lean(folder, unet_dir, unet_cfg, sched_cfg, device, dtype)
         if den is not None:
             return den
-    from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
+    # Each class from its own module: the diffusers package root would import every autoencoder for AutoencoderKL
+    # (pixel models have no VAE).
+    if class_name == "UNet2DModel":
+        from diffusers.models.unets.unet_2d import UNet2DModel as unet_cls
+    else:
+        from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel as unet_cls
 
     kw = dict(local_files_only=True, torch_dtype=dtype)
     scheduler = _scheduler(folder, folder)
-    unet_cls = UNet2DModel if class_name == "UNet2DModel" else UNet2DConditionModel
     unet_kw = _component_kwargs(unet_dir, folder, dtype)
     unet = _guarded(unet_dir, folder, lambda: unet_cls.from_pretrained(unet_dir, **kw, **unet_kw))
     if class_name == "UNet2DModel":
         return DiffusersDenoiser(unet, scheduler, device=device, dtype=dtype)
-    from transformers import AutoTokenizer, CLIPTextModel
+    from transformers.models.auto.tokenization_auto import AutoTokenizer
+    from transformers.models.clip.modeling_clip import CLIPTextModel
 
     for sub in ("text_encoder", "tokenizer"):
         if not (folder / sub).is_dir():
@@ -179,6 +184,8 @@ def _load_folder(folder: Path, device: torch.device | str, dtype: torch.dtype) -
     tokenizer = _guarded(tok_dir, folder, lambda: AutoTokenizer.from_pretrained(tok_dir, local_files_only=True))
     vae = None
     if vae_dir.is_dir():
+        from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+
         vae_kw = _component_kwargs(vae_dir, folder, dtype)
         vae = _guarded(vae_dir, folder, lambda: AutoencoderKL.from_pretrained(vae_dir, **kw, **vae_kw))
     return DiffusersDenoiser(unet, scheduler, text_encoder, tokenizer, vae, device=device, dtype=dtype)

@@ -90,6 +90,23 @@ def test_pixel_model_load_imports_no_vae_diffusers_or_transformers():
     assert out.stdout.strip() == "[]", out.stdout
 
 
+def _modules_after_load(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    import os
+
+    code = ("import sys; from sjc_engine.denoisers.loader import load_from_path\n"
+            f"load_from_path({str(path)!r})\n"
+            "print(sorted(m for m in sys.modules if 'autoencoder' in m or m.endswith('.vae')))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, **(env or {})})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_pixel_models_on_the_diffusers_path_import_no_autoencoder(tiny_uncond_dir, tiny_pixel_dir):
+    assert _modules_after_load(tiny_uncond_dir) == "[]"  # UNet2DModel DDPM
+    assert _modules_after_load(tiny_pixel_dir, {LEAN_ENV: "0"}) == "[]"  # text-conditioned, through diffusers
+
+
 def test_tokenizer_matches_transformers(tiny_pixel_dir):
     from transformers import AutoTokenizer
 
