@@ -171,6 +171,15 @@ static inline void FN(m_features)(const FN(field_t)* F, int64_t base, const T* w
     }
 }
 
+/* Prefetches the cache lines of the cell at base (its 8 corners: 4 z-pairs) in the planes P (c < C). */
+static inline void FN(m_prefetch)(const T* const* P, int64_t C, int64_t base, const int64_t* o, int write) {
+    for (int64_t c = 0; c < C; ++c)
+        for (int q = 0; q < 8; q += 2) {
+            if (write) __builtin_prefetch(P[c] + base + o[q], 1);
+            else __builtin_prefetch(P[c] + base + o[q], 0);
+        }
+}
+
 #if FAST_FLOAT
 #define MEXP m_expf
 #else
@@ -255,12 +264,12 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
         T* wr = w + off;
         T* rr = raw + off;
         T trans = 1, dep = 0;
-        int64_t looked = 0, shaded = 0;
+        int64_t looked = 0, shaded = 0, pcell = -1;
         int stopped = 0;
         for (int64_t c = 0; c < C; ++c) rgb[c] = 0;
         for (int64_t i0 = 0; i0 < m && !stopped; i0 += BLOCK) {
             const int64_t nb = m - i0 < BLOCK ? m - i0 : BLOCK;
-            for (int64_t t = 0; t < nb; ++t) { /* raw density of the block's live samples */
+            for (int64_t t = 0; t < nb; ++t) { /* cells and weights of the block's live samples */
                 const int64_t i = i0 + t;
                 const T x[3] = {s[0] + (T)i * d[0], s[1] + (T)i * d[1], s[2] + (T)i * d[2]};
                 braw[t] = 0;
@@ -273,7 +282,15 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
                     continue;
                 }
                 bbase[t] = b;
-                const T* dp = F->density + b;
+                if (b != pcell) { /* the cell's lines, density and features, on their way while we go on */
+                    FN(m_prefetch)(&F->density, 1, b, o, 0);
+                    FN(m_prefetch)(F->feats, C, b, o, 0);
+                    pcell = b;
+                }
+            }
+            for (int64_t t = 0; t < nb; ++t) { /* their raw density */
+                if (bstate[t] != 1) continue;
+                const T* dp = F->density + bbase[t];
                 T rv = 0;
                 for (int q = 0; q < 8; ++q) rv += bcw[t][q] * dp[o[q]];
                 braw[t] = rv;
@@ -413,6 +430,8 @@ static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0
                     if (feat) FN(m_flush)(g_features, C, cur, o, facc);
                 }
                 cur = b;
+                if (dens) FN(m_prefetch)((const T* const*)gd, 1, b, o, 1); /* the lines the flush will write */
+                if (feat) FN(m_prefetch)((const T* const*)g_features, C, b, o, 1);
             }
             if (dens) {
                 const T gz = sa[i] * F->step * sg[i];
