@@ -2,8 +2,8 @@
 
 The renderer marches every ray at a fixed step (the reference's algorithm). Once a run has shaped an object,
 most samples sit in empty space or behind an opaque surface, where they carry no weight: an
-:class:`OccupancyGrid` lets the lookups (:func:`sjc_engine.trilinear.trilinear_rays`, C kernels and torch path)
-skip them.
+:class:`OccupancyGrid` lets the renderer (the fused kernel of :mod:`sjc_engine.march`, and the lookups of
+:func:`sjc_engine.trilinear.trilinear_rays`, C kernels and torch path) skip them.
 
 * A coarse cell covers ``cell`` x ``cell`` x ``cell`` fine voxels. It is *occupied* when some grid node of its
   voxels has an activated density ``sigma`` with ``sigma * step >= tau_threshold`` (one sample's optical

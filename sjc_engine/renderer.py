@@ -5,16 +5,23 @@ sampled at ``t_min + i * step`` for ``step = step_ratio * voxel_size`` (no jitte
 composited with ``w_i = a_i * prod_{j<i} (1 - a_j)``, ``a_i = 1 - exp(-sigma_i * step)``. The background gets
 ``1 - sum_i w_i``. Features count only where ``w_i >= 1e-4`` (the reference's ``ray_march_weight_thres``).
 
-No Python loop over rays or samples. Samples live in the reference's dense layout (rays that hit the box x the
-longest ray's sample count, zero past each ray's end), so ``RenderOutput.weights`` and a mean over it (the
-emptiness loss) match the reference. The density and every feature channel of all samples come from one
-lookup (:meth:`VoxelField.lookup_rays_skipping`: a C kernel that walks each ray's cells once, or the torch fallback);
-its backward scatters only samples with a non-zero gradient, so features of samples below the weight threshold
-cost no scatter. With ``field.occupancy_grid`` set, the lookup skips samples in empty space and behind opaque
-surfaces (:mod:`sjc_engine.occupancy`); they get zero thickness and no gradient, and each ray is first clipped
-to the samples that can meet the grid's occupied bounding box (:meth:`OccupancyGrid.sample_range`), so the
-lookup and compositing never see the rest; the weights go back into the dense layout at the end. Compositing
-is :func:`sjc_engine.composite.composite` (C kernels or torch ops, one pass per ray).
+No Python loop over rays or samples. ``RenderOutput.weights`` keeps the reference's dense layout (rays that hit
+the box x the longest ray's sample count, zero past each ray's end), so a mean over it (the emptiness loss)
+matches the reference, and its gradient flows. With ``field.occupancy_grid`` set, samples in empty space and
+behind opaque surfaces are skipped (:mod:`sjc_engine.occupancy`): zero thickness, no gradient; each ray is
+first clipped to the samples that can meet the grid's occupied bounding box (:meth:`OccupancyGrid.sample_range`).
+
+Two paths after the clipping (steps 1-2 below, torch ops), with the same values and gradients to rounding:
+
+* fused (CPU, float32/float64, the C kernels built, a plain :class:`VoxelField`; :mod:`sjc_engine.march`):
+  one C pass per ray marches, skips, looks up the raw density, activates, composites, looks up and activates
+  the features only where the weight counts, and blends the background; the backward walks each ray back and
+  scatters straight into the grids' gradients (and ``d_scale``'s and the background's). Nothing of size
+  (rays x samples) is built but the dense weights and what the backward reads.
+* torch (CUDA, ``SJC_NATIVE=0``, other fields; steps 3-6): the density and every feature channel of all samples
+  from one lookup (:meth:`VoxelField.lookup_rays_skipping`: C kernels where built, else torch ops) whose
+  backward scatters only samples with a non-zero gradient, then :func:`sjc_engine.composite.composite` (one pass
+  per ray), the weights back into the dense layout, and the background blend.
 """
 
 from __future__ import annotations

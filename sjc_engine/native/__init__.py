@@ -1,7 +1,7 @@
-"""Small C kernels for the CPU hot paths (trilinear lookups along rays, volume compositing, the Adamax step),
-called via ``ctypes``.
+"""Small C kernels for the CPU hot paths (the fused renderer, trilinear lookups along rays, volume compositing,
+the Adamax step), called via ``ctypes``.
 
-The C sources (``trilinear.c``, ``composite.c``, ``adamax.c``) ship with the package and are compiled on first
+The C sources (``march.c``, ``trilinear.c``, ``composite.c``, ``adamax.c``) ship with the package and are compiled on first
 use (see :mod:`sjc_engine.native.build`: ``$CC``, ``$SJC_NATIVE_CACHE``, ``SJC_NATIVE=0``). Callers check
 :func:`native_supports` and fall back to their torch path where it is False::
 
@@ -41,8 +41,8 @@ def kernel(name: str, dtype: torch.dtype) -> Any:
     """The ``ctypes`` function ``{name}_f32`` or ``{name}_f64`` for ``dtype`` (after :func:`native_supports`).
 
     Args:
-        name: the kernel's name without its type suffix: ``tri_fwd``, ``tri_bwd``, ``comp_fwd``, ``comp_bwd``,
-            ``adamax``.
+        name: the kernel's name without its type suffix: ``march_fwd``, ``march_bwd``, ``march_order``,
+            ``tri_fwd``, ``tri_bwd``, ``comp_fwd``, ``comp_bwd``, ``adamax``.
         dtype: torch.float32 or torch.float64.
     """
     lib = native_lib()

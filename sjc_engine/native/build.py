@@ -1,4 +1,5 @@
-"""Build, cache and load the C kernels (``trilinear.c``, ``composite.c``, ``adamax.c`` beside this file) with ``ctypes``.
+"""Build, cache and load the C kernels (``march.c``, ``trilinear.c``, ``composite.c``, ``adamax.c`` beside this
+file) with ``ctypes``.
 
 The sources are compiled once with the system C compiler (``$CC``, default ``cc``) into one shared library,
 with AVX2/FMA code where the CPU has it (falling back to plain flags if that build fails), and cached in
@@ -98,7 +99,7 @@ def build_native() -> ctypes.CDLL | None:
             detail = (getattr(e, "stderr", b"") or b"").decode(errors="replace")[:500]
             errors.append(f"{' '.join(flags)}: {e} {detail}")
     if lib is None:
-        warnings.warn(f"building the C kernels failed ({'; '.join(errors)}): trilinear lookups, "
+        warnings.warn(f"building the C kernels failed ({'; '.join(errors)}): rendering, trilinear lookups, "
                       "compositing and Adamax use the slower torch path", RuntimeWarning)
         return None
     _declare(lib)
