@@ -264,7 +264,7 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
         T* wr = w + off;
         T* rr = raw + off;
         T trans = 1, dep = 0;
-        int64_t looked = 0, shaded = 0, pcell = -1;
+        int64_t looked = 0, shaded = 0, pcell = -1, fcell = -1;
         int stopped = 0;
         for (int64_t c = 0; c < C; ++c) rgb[c] = 0;
         for (int64_t i0 = 0; i0 < m && !stopped; i0 += BLOCK) {
@@ -282,9 +282,8 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
                     continue;
                 }
                 bbase[t] = b;
-                if (b != pcell) { /* the cell's lines, density and features, on their way while we go on */
+                if (b != pcell) { /* the cell's density lines on their way while we go on */
                     FN(m_prefetch)(&F->density, 1, b, o, 0);
-                    FN(m_prefetch)(F->feats, C, b, o, 0);
                     pcell = b;
                 }
             }
@@ -296,6 +295,11 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
                 braw[t] = rv;
             }
             FN(m_thickness)(braw, nb, F->scale, F->shift, F->step, btau, bem);
+            for (int64_t t = 0; t < nb; ++t) /* features lines of the samples that may count (w <= tau) */
+                if (bstate[t] == 1 && btau[t] >= F->thr && bbase[t] != fcell) {
+                    FN(m_prefetch)(F->feats, C, bbase[t], o, 0);
+                    fcell = bbase[t];
+                }
             for (int64_t t = 0; t < nb; ++t) { /* compositing, in order */
                 if (!bstate[t]) continue;
                 const int64_t i = i0 + t;
@@ -414,6 +418,7 @@ static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0
         }
         /* scatter, in order: density (every sample with w != 0), features (w >= thr) */
         int64_t cur = -1;
+        int fdirty = 0; /* facc holds something to flush */
         double gds = 0;
         for (int64_t i = 0; i < m; ++i) {
             const T wi = wr[i];
@@ -427,11 +432,12 @@ static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0
             if (ok && b != cur) {
                 if (cur >= 0) {
                     if (dens) FN(m_flush)(gd, 1, cur, o, dacc);
-                    if (feat) FN(m_flush)(g_features, C, cur, o, facc);
+                    if (fdirty) FN(m_flush)(g_features, C, cur, o, facc);
                 }
                 cur = b;
+                fdirty = 0;
                 if (dens) FN(m_prefetch)((const T* const*)gd, 1, b, o, 1); /* the lines the flush will write */
-                if (feat) FN(m_prefetch)((const T* const*)g_features, C, b, o, 1);
+                if (shade) FN(m_prefetch)((const T* const*)g_features, C, b, o, 1);
             }
             if (dens) {
                 const T gz = sa[i] * F->step * sg[i];
@@ -441,6 +447,7 @@ static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0
                     for (int q = 0; q < 8; ++q) dacc[0][q] += cw[q] * gr;
             }
             if (shade && ok) {
+                fdirty = 1;
                 const T* f = fs + (off + i) * C;
                 for (int64_t c = 0; c < C; ++c) {
                     T gf = wi * grgb[c];
@@ -451,7 +458,7 @@ static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0
         }
         if (cur >= 0) {
             if (dens) FN(m_flush)(gd, 1, cur, o, dacc);
-            if (feat) FN(m_flush)(g_features, C, cur, o, facc);
+            if (fdirty) FN(m_flush)(g_features, C, cur, o, facc);
         }
         if (dens) g_dscale[j] = gds * (double)F->scale;
     }
