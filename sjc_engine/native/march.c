@@ -30,7 +30,7 @@
 #define FN_(a, b) FN_CAT(a, b)
 #define FN(name) FN_(name, SUF)
 #define MARCH_DENSITY 1  /* march_bwd: the density path (compositing backward, density and d_scale gradients) */
-#define BLOCK 16       /* samples looked up before they are composited */
+#define BLOCK 16       /* live samples looked up before they are composited */
 #define MARCH_FEATURES 2 /* march_bwd: the feature gradients */
 
 int march_max_channels(void) { return MAXC; }
@@ -250,10 +250,11 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
     const int64_t n = F->n, nn = n * n, C = F->C, K = Rs->K;
     const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
     T rgb[MAXC];
-    /* a block of samples: looked up first (independent), then their thickness (vectorised), then composited */
+    /* a block of live samples (the next BLOCK not in empty cells): looked up first (independent loads), then their
+       thickness (vectorised), then composited in order */
     T braw[BLOCK], btau[BLOCK], bem[BLOCK], bcw[BLOCK][8];
-    int64_t bbase[BLOCK];
-    int8_t bstate[BLOCK]; /* 0: skipped (empty cell), 1: looked up, 2: looked up at a NaN point */
+    int64_t bbase[BLOCK], bi[BLOCK];
+    int8_t bnan[BLOCK]; /* 1: a NaN point (reads NaN) */
     for (int64_t jj = j0; jj < j1; ++jj) {
         const int64_t j = Rs->order ? Rs->order[jj] : jj;
         const int64_t m = Rs->kept[j], off = j * K + (Rs->first ? Rs->first[j] : 0), r = Rs->ray[j];
@@ -267,54 +268,49 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
         int64_t looked = 0, shaded = 0, pcell = -1, fcell = -1;
         int stopped = 0;
         for (int64_t c = 0; c < C; ++c) rgb[c] = 0;
-        for (int64_t i0 = 0; i0 < m && !stopped; i0 += BLOCK) {
-            const int64_t nb = m - i0 < BLOCK ? m - i0 : BLOCK;
-            for (int64_t t = 0; t < nb; ++t) { /* cells and weights of the block's live samples */
-                const int64_t i = i0 + t;
+        for (int64_t i = 0; i < m && !stopped;) {
+            int64_t nl = 0;
+            for (; i < m && nl < BLOCK; ++i) { /* cells and weights of the next live samples */
                 const T x[3] = {s[0] + (T)i * d[0], s[1] + (T)i * d[1], s[2] + (T)i * d[2]};
-                braw[t] = 0;
-                bstate[t] = !F->occ || FN(m_occupied)(x, n, F->occ, F->g, F->coarse);
-                if (!bstate[t]) continue;
+                if (F->occ && !FN(m_occupied)(x, n, F->occ, F->g, F->coarse)) continue;
                 int64_t b = 0;
-                if (!FN(m_corner)(x, n, &b, bcw[t])) {
-                    bstate[t] = 2;
-                    braw[t] = NAN;
-                    continue;
-                }
-                bbase[t] = b;
-                if (b != pcell) { /* the cell's density lines on their way while we go on */
+                bi[nl] = i;
+                braw[nl] = NAN;
+                bnan[nl] = !FN(m_corner)(x, n, &b, bcw[nl]);
+                bbase[nl] = b;
+                if (!bnan[nl] && b != pcell) { /* the cell's density lines on their way while we go on */
                     FN(m_prefetch)(&F->density, 1, b, o, 0);
                     pcell = b;
                 }
+                ++nl;
             }
-            for (int64_t t = 0; t < nb; ++t) { /* their raw density */
-                if (bstate[t] != 1) continue;
-                const T* dp = F->density + bbase[t];
+            for (int64_t k = 0; k < nl; ++k) { /* their raw density */
+                if (bnan[k]) continue;
+                const T* dp = F->density + bbase[k];
                 T rv = 0;
-                for (int q = 0; q < 8; ++q) rv += bcw[t][q] * dp[o[q]];
-                braw[t] = rv;
+                for (int q = 0; q < 8; ++q) rv += bcw[k][q] * dp[o[q]];
+                braw[k] = rv;
             }
-            FN(m_thickness)(braw, nb, F->scale, F->shift, F->step, btau, bem);
-            for (int64_t t = 0; t < nb; ++t) /* features lines of the samples that may count (w <= tau) */
-                if (bstate[t] == 1 && btau[t] >= F->thr && bbase[t] != fcell) {
-                    FN(m_prefetch)(F->feats, C, bbase[t], o, 0);
-                    fcell = bbase[t];
+            FN(m_thickness)(braw, nl, F->scale, F->shift, F->step, btau, bem);
+            for (int64_t k = 0; k < nl; ++k) /* features lines of the samples that may count (w <= tau) */
+                if (!bnan[k] && btau[k] >= F->thr && bbase[k] != fcell) {
+                    FN(m_prefetch)(F->feats, C, bbase[k], o, 0);
+                    fcell = bbase[k];
                 }
-            for (int64_t t = 0; t < nb; ++t) { /* compositing, in order */
-                if (!bstate[t]) continue;
-                const int64_t i = i0 + t;
+            for (int64_t k = 0; k < nl; ++k) { /* compositing, in order */
+                const int64_t ik = bi[k];
                 ++looked;
-                if (btau[t] != 0) { /* tau == 0: no weight and no gradient, as a skipped sample */
-                    const T wi = -bem[t] * trans;
+                if (btau[k] != 0) { /* tau == 0: no weight and no gradient, as a skipped sample */
+                    const T wi = -bem[k] * trans;
                     trans = trans - wi;
-                    wr[i] = wi;
-                    rr[i] = braw[t];
-                    dep += wi * (t0 + (T)i * F->step);
+                    wr[ik] = wi;
+                    rr[ik] = braw[k];
+                    dep += wi * (t0 + (T)ik * F->step);
                     if (wi >= F->thr) {
                         ++shaded;
-                        T* fi = fs + (off + i) * C;
-                        if (bstate[t] == 1) {
-                            FN(m_features)(F, bbase[t], bcw[t], fi);
+                        T* fi = fs + (off + ik) * C;
+                        if (!bnan[k]) {
+                            FN(m_features)(F, bbase[k], bcw[k], fi);
                             for (int64_t c = 0; c < C; ++c) rgb[c] += wi * fi[c];
                         } else {
                             for (int64_t c = 0; c < C; ++c) fi[c] = NAN;
