@@ -1,4 +1,4 @@
-"""Two-thread job runner of the trilinear and compositing kernels.
+"""Two-thread job runner of the native kernels (the fused renderer, trilinear lookups, compositing, Adamax).
 
 torch kernels and ``ctypes`` calls release the GIL, so jobs on disjoint rays or channels of one lookup run in
 parallel on two Python threads when torch may use more than one thread (``torch.get_num_threads() > 1``);
