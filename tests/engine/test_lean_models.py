@@ -205,3 +205,46 @@ def test_lean_half_precision_on_the_cpu(tiny_pixel_dir):
     assert isinstance(den.unet, lean.LeanUNet) and den.unet.dtype == den.text_encoder.dtype == torch.bfloat16
     d = den.denoise(torch.randn(2, 3, 16, 16), 1.0, den.encode_prompt("a red cube"), guidance_scale=5.0)
     assert d.dtype == torch.float32 and torch.isfinite(d).all()
+
+
+def test_unet_traces_itself_after_repeated_calls_with_equal_outputs(tiny_pixel_dir):
+    den = load_from_path(tiny_pixel_dir)
+    unet = den.unet
+    assert unet.trace
+    unet.TRACE_AFTER = 3
+    conds = [den.encode_prompt(p) for p in ("a red cube", "front view of a blue torus")]
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    calls = [(0.3 + 0.4 * i, conds[i % 2]) for i in range(8)]
+    got = [den.denoise(x, s, c, guidance_scale=7.0) for s, c in calls]
+    assert len(unet._traces) == 1 and all(unet._traces.values())
+    unet.trace = False
+    want = [den.denoise(x, s, c, guidance_scale=7.0) for s, c in calls]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    unet.trace = True
+    with torch.enable_grad():  # only inference calls trace (and only they use the trace)
+        unet(torch.randn(1, 3, 16, 16), torch.tensor([4]), conds[0].cond)
+    assert len(unet._traces) == 1
+    unet.to(torch.float32)
+    assert unet._traces == {} and unet._calls == {}
+
+
+def test_trace_can_be_turned_off(tiny_pixel_dir, monkeypatch):
+    from sjc_engine.denoisers.loader import LEAN_TRACE_ENV
+
+    monkeypatch.setenv(LEAN_TRACE_ENV, "0")
+    den = load_from_path(tiny_pixel_dir)
+    den.unet.TRACE_AFTER = 1
+    den.denoise(torch.randn(1, 3, 16, 16), 1.0, den.encode_prompt("a red cube"), guidance_scale=3.0)
+    assert den.unet.trace is False and den.unet._traces == {}
+
+
+def test_prompt_embeddings_are_computed_once_per_prompt(tiny_pixel_dir):
+    den = load_from_path(tiny_pixel_dir)
+    seen = []
+    den.text_encoder.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    for _ in range(5):
+        for view in ("front", "side", "backside", "overhead"):
+            den.encode_prompt(f"{view} view of a red cube")
+        den.encode_prompts(["front view of a red cube", "side view of a red cube"])
+    assert len(seen) == 5  # four view prompts and the empty one
