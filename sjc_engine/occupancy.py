@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sjc_engine.native import kernel, native_supports
+
 __all__ = ["DEFAULT_SETTINGS", "OccupancyGrid", "OccupancySettings", "SkipRule", "coarse_cells"]
 
 
@@ -134,7 +136,24 @@ class OccupancyGrid:
         """Per ray, the samples that can meet an occupied cell: ``(first, count)`` (R,) int64 each, so samples
         ``i < first`` and ``i >= first + count`` (of ``start + i * delta``, ``i < counts``, voxel index
         coordinates) lie outside the occupied cells' bounding box (a margin of one sample each side); a lookup
-        skips them anyway, so rays can start at ``first`` with ``count`` samples and nothing changes."""
+        skips them anyway, so rays can start at ``first`` with ``count`` samples and nothing changes.
+
+        One C pass (``march_range``, the same float64 arithmetic, so the same integers) where the kernels take
+        the tensors, else :meth:`sample_range_torch`."""
+        bits = self.bits
+        if bits.device.type == "cpu" and native_supports(start, delta):
+            R = start.shape[0]
+            first, kept = torch.empty(R, dtype=torch.long), torch.empty(R, dtype=torch.long)  # (R,) each
+            s, d = start.detach().contiguous(), delta.detach().contiguous()  # (R, 3) each
+            c, b = counts.long().contiguous(), bits.contiguous()
+            kernel("march_range", start.dtype)(s.data_ptr(), d.data_ptr(), c.data_ptr(), R, b.data_ptr(),
+                                               self.coarse_size, self.cell, n, first.data_ptr(), kept.data_ptr())
+            return first, kept
+        return self.sample_range_torch(start, delta, counts, n)
+
+    @torch.no_grad()
+    def sample_range_torch(self, start: Tensor, delta: Tensor, counts: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """The torch ops of :meth:`sample_range` (any device)."""
         R, dev = start.shape[0], start.device
         occupied = self.bits.to(dev).nonzero()  # (M, 3) coarse cells
         if occupied.numel() == 0:

@@ -64,6 +64,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"march_bwd_{suf}").restype = ctypes.c_int
         getattr(lib, f"march_order_{suf}").argtypes = [vp, i64, vp]
         getattr(lib, f"march_order_{suf}").restype = ctypes.c_int
+        getattr(lib, f"march_range_{suf}").argtypes = [vp, vp, vp, i64, vp, i64, i64, i64, vp, vp]
+        getattr(lib, f"march_range_{suf}").restype = None
         for name in ("tri_fwd", "tri_bwd", "comp_fwd", "comp_bwd", "adamax", "march_fwd"):
             getattr(lib, f"{name}_{suf}").restype = None
     lib.adamax_hw_fma.argtypes, lib.adamax_hw_fma.restype = [], ctypes.c_int

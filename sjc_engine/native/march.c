@@ -7,7 +7,9 @@
    sigma = softplus(raw * scale + shift), tau = sigma * step, compositing w_i = (1 - e^-tau_i) T_i with
    T_{i+1} = T_i - w_i, stop once T < t_stop (with an occupancy grid), features looked up and activated
    (identity or tanh) only where w_i >= thr, and the background blend. The backward walks each ray twice
-   (forward: T_{i+1} and a_i; reverse: g_tau) and scatters straight into the grids' gradients.
+   (forward: T_{i+1} and a_i; reverse: g_tau), then once more to scatter straight into the grids' gradients.
+   Kernels: march_fwd, march_bwd; march_order (a cache-friendly order to walk the rays in) and march_range
+   (OccupancyGrid.sample_range: each ray's samples that can meet the occupied cells' bounding box).
 
    Geometry (as sjc_engine/renderer.py): hit ray j (j < n) is ray ray[j] of the batch; its sample i (i < kept[j])
    sits at start[j] + i delta[j] in voxel index coordinates and at distance t0[j] + i step, and its weight goes
@@ -15,7 +17,8 @@
    index (x n + y) n + z. Samples are clamped into the grid as in trilinear.c.
 
    The typed kernels below are compiled once per element type: this file includes itself with T (float,
-   double), SUF (f32, f64), EXP, EXPM1, LOG1P and TANH defined, and FN(name) names a kernel name_f32 / name_f64. */
+   double), SUF (f32, f64), FAST_FLOAT, EXP, EXPM1, LOG1P and TANH defined, and FN(name) names a kernel name_f32 /
+   name_f64. */
 #ifndef SJC_M_TYPED
 #define SJC_M_TYPED
 /* no FP traps are enabled, so the branch-free blocks below may evaluate both sides of a select: that lets
@@ -55,6 +58,10 @@ static inline float m_expf(float x) {
     two_k.i = ((int32_t)k + 127) << 23;
     return x < -87.3f ? 0.0f : (x > 88.7f ? INFINITY : y * two_k.f);
 }
+
+/* NaN-propagating min and max (as torch.minimum / torch.maximum and amin / amax). */
+static inline double m_min(double a, double b) { return a != a || b != b ? NAN : (a < b ? a : b); }
+static inline double m_max(double a, double b) { return a != a || b != b ? NAN : (a > b ? a : b); }
 
 #define T float
 #define SUF f32
@@ -537,6 +544,60 @@ int FN(march_order)(const T* delta, int64_t n, int64_t* order) {
     free(pq);
     free(keys);
     return 0;
+}
+
+/* OccupancyGrid.sample_range (sjc_engine/occupancy.py) for rays [0, R): per ray the samples that can meet an
+   occupied coarse cell of bits (g^3, cells of `cell` voxels, n grid nodes), as first[r] and kept[r]; the same
+   float64 arithmetic in the same order as the torch code, so the same integers. No occupied cell: 0 and 0. */
+void FN(march_range)(const T* start, const T* delta, const int64_t* counts, int64_t R, const uint8_t* bits,
+                     int64_t g, int64_t cell, int64_t n, int64_t* first, int64_t* kept) {
+    int64_t lo_c[3] = {INT64_MAX, INT64_MAX, INT64_MAX}, hi_c[3] = {-1, -1, -1};
+    for (int64_t a = 0; a < g; ++a)
+        for (int64_t b = 0; b < g; ++b)
+            for (int64_t c = 0; c < g; ++c)
+                if (bits[(a * g + b) * g + c]) {
+                    const int64_t ijk[3] = {a, b, c};
+                    for (int x = 0; x < 3; ++x) {
+                        if (ijk[x] < lo_c[x]) lo_c[x] = ijk[x];
+                        if (ijk[x] > hi_c[x]) hi_c[x] = ijk[x];
+                    }
+                }
+    if (hi_c[0] < 0) {
+        for (int64_t r = 0; r < R; ++r) first[r] = kept[r] = 0;
+        return;
+    }
+    double lo[3], hi[3];
+    for (int x = 0; x < 3; ++x) {
+        const int64_t l = lo_c[x] * cell, h = (hi_c[x] + 1) * cell < n - 1 ? (hi_c[x] + 1) * cell : n - 1;
+        lo[x] = l > 0 ? (double)l : -INFINITY; /* points clamp into cell 0 and n - 2 from outside */
+        hi[x] = h < n - 1 ? (double)h : INFINITY;
+    }
+    for (int64_t r = 0; r < R; ++r) {
+        double enter = -INFINITY, leave = INFINITY;
+        for (int x = 0; x < 3; ++x) {
+            const double s = start[3 * r + x], d = delta[3 * r + x];
+            double e, l;
+            if (d == 0) {
+                const int inside = s >= lo[x] && s < hi[x];
+                e = inside ? -INFINITY : INFINITY;
+                l = inside ? INFINITY : -INFINITY;
+            } else {
+                const double a = (lo[x] - s) / d, b = (hi[x] - s) / d;
+                e = m_min(a, b);
+                l = m_max(a, b);
+            }
+            enter = x ? m_max(enter, e) : e;
+            leave = x ? m_min(leave, l) : l;
+        }
+        const double top = (double)counts[r];
+        double f = enter != enter ? 0.0 : floor(enter) - 1;
+        f = m_min(f < 0 ? 0 : f, top);
+        double end = leave != leave ? top : floor(leave) + 2;
+        end = m_min(end < 0 ? 0 : end, top);
+        const double k = end - f;
+        first[r] = (int64_t)f;
+        kept[r] = (int64_t)(k < 0 ? 0 : k);
+    }
 }
 
 #undef MEXP

@@ -192,3 +192,27 @@ def test_walking_rays_in_direction_order_changes_only_rounding(threads: int, mon
     assert walked.n_samples == given.n_samples and walked.n_shaded == given.n_shaded
     for a, b in zip(g_walked, g_given):
         assert _close(a, b, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_sample_range_equals_the_torch_ops(dtype: torch.dtype) -> None:
+    """OccupancyGrid.sample_range's C pass gives the torch ops' integers exactly (NaN rays, axis-parallel rays,
+    rays outside the grid, an empty grid)."""
+    from sjc_engine.occupancy import OccupancyGrid, coarse_cells
+
+    g = coarse_cells(N, 4)
+    gen = torch.Generator().manual_seed(0)
+    R = 5000
+    start = (torch.rand(R, 3, generator=gen) * (N + 20) - 10).to(dtype)
+    delta = (torch.randn(R, 3, generator=gen) * 0.5).to(dtype)
+    delta[:200, 0] = 0.0
+    delta[200:300, :2] = 0.0
+    start[300:310] = float("nan")
+    delta[310:320, 1] = float("nan")
+    counts = torch.randint(0, 121, (R,), generator=gen)
+    for density in (0.0, 0.01, 0.3):
+        grid = OccupancyGrid((torch.rand(g, g, g, generator=gen) < density).to(torch.uint8), 4, 0.0)
+        native = grid.sample_range(start, delta, counts, N)
+        ref = grid.sample_range_torch(start, delta, counts, N)
+        assert torch.equal(native[0], ref[0]) and torch.equal(native[1], ref[1])
+        assert (int(ref[1].sum()) > 0) == (density > 0)
