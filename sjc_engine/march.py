@@ -1,16 +1,16 @@
-"""The fused native renderer: one C pass per ray for the forward and two for the backward (``march.c``).
+"""The fused native renderer: one C pass per ray for the forward, three short ones for the backward (``march.c``).
 
 :func:`sjc_engine.renderer.render_rays` clips the rays to the box (and, with an occupancy grid, to the occupied
-cells' bounding box) in torch, then hands the hit rays to :func:`render_hit_rays` where :func:`fused_supported`
-says so (CPU, float32/float64, the C kernels built, a plain :class:`~sjc_engine.field.VoxelField`). Per ray
-the kernel marches the samples, skips those in empty coarse cells and behind the transmittance floor
-(:mod:`sjc_engine.occupancy`), looks up the raw density, activates it (``softplus(raw * exp(d_scale) +
-shift)``), composites, looks up and activates the features only where ``w >= weight_threshold``, and blends the
-background; nothing of size (rays x samples) is built but the dense weights (the emptiness loss's layout) and
-the raw densities the backward reads. The backward recomputes the transmittance from the weights, walks each
-ray in reverse for the thickness gradients and scatters straight into the grids' gradients (and ``d_scale``'s
-and the background's). Values and gradients are the torch path's to float rounding
-(``tests/engine/test_march.py``).
+cells' bounding box: :meth:`OccupancyGrid.sample_range`), then hands the hit rays to :func:`render_hit_rays` where
+:func:`fused_supported` says so (CPU, float32/float64, the C kernels built, a plain
+:class:`~sjc_engine.field.VoxelField`). Per ray the kernel marches the samples, skips those in empty coarse
+cells and behind the transmittance floor (:mod:`sjc_engine.occupancy`), looks up the raw density, activates it
+(``softplus(raw * exp(d_scale) + shift)``), composites, looks up and activates the features only where
+``w >= weight_threshold``, and blends the background; nothing of size (rays x samples) is built but the dense weights (the emptiness loss's layout) and
+what the backward reads (the raw density of every weighted sample, the activated features of every shaded one).
+The backward recomputes the transmittance from the weights, walks each ray in reverse for the thickness
+gradients and scatters straight into the grids' gradients (and ``d_scale``'s and the background's). Values and
+gradients are the torch path's to float rounding (``tests/engine/test_march.py``).
 
 With more than one torch thread two Python threads split the forward by rays and the backward by part (one the
 density path, one the feature scatter), so no two threads write the same gradient.
@@ -127,22 +127,38 @@ class _Settings:
 
 
 def _field_args(
-    density: Tensor, features: Tensor, scale: float, cfg: _Settings, grid: OccupancyGrid | None
+    dtype: torch.dtype, scale: float, cfg: _Settings, grids: tuple[Tensor, Tensor] | None = None,
+    grid: OccupancyGrid | None = None,
 ) -> tuple[Any, list[Any]]:
-    """``field_t`` for the grids ``density`` (1, N, N, N) and ``features`` (C, N, N, N) (detached), and the
-    objects it points into (to keep alive while it is used)."""
-    dens = density.reshape(-1).contiguous()  # (N^3,)
-    feats = features.reshape(cfg.C, -1).contiguous()  # (C, N^3)
-    planes = pointer_array(list(feats))
-    bits = grid.bits.cpu().contiguous() if grid is not None else None
-    coarse = torch.arange(cfg.N) // grid.cell if grid is not None else None  # (N,) int64 coarse cell per fine cell
-    s = _STRUCTS[dens.dtype](
-        n=cfg.N, density=dens.data_ptr(), feats=ctypes.cast(planes, ctypes.c_void_p), C=cfg.C, scale=scale,
-        shift=cfg.shift, step=cfg.step, tanh_act=int(cfg.tanh), thr=cfg.threshold,
-        occ=bits.data_ptr() if bits is not None else None, g=grid.coarse_size if grid is not None else 0,
-        coarse=coarse.data_ptr() if coarse is not None else None, t_stop=grid.stop_transmittance if grid is not None else 0.0,
+    """``field_t`` for elements of ``dtype`` and the objects it points into (to keep alive while it is used).
+
+    Args:
+        dtype: torch.float32 or torch.float64.
+        scale: ``exp(d_scale)``.
+        cfg: the render's settings.
+        grids: the (detached) density (1, N, N, N) and features (C, N, N, N) for the forward; None (default) for
+            the backward, which reads neither.
+        grid: the occupancy grid to skip samples by (forward), or None (default): every sample looked up.
+    """
+    keep: list[Any] = []
+    density = planes = occ = coarse = None
+    if grids is not None:
+        dens = grids[0].reshape(-1).contiguous()  # (N^3,)
+        feats = grids[1].reshape(cfg.C, -1).contiguous()  # (C, N^3)
+        arr = pointer_array(list(feats))
+        density, planes = dens.data_ptr(), ctypes.cast(arr, ctypes.c_void_p)
+        keep += [dens, feats, arr]
+    if grid is not None:
+        bits = grid.bits.cpu().contiguous()  # (G, G, G)
+        cells = torch.arange(cfg.N) // grid.cell  # (N,) int64 coarse cell of each fine cell index
+        occ, coarse = bits.data_ptr(), cells.data_ptr()
+        keep += [bits, cells]
+    s = _STRUCTS[dtype](
+        n=cfg.N, density=density, feats=planes, C=cfg.C, scale=scale, shift=cfg.shift, step=cfg.step,
+        tanh_act=int(cfg.tanh), thr=cfg.threshold, occ=occ, g=grid.coarse_size if grid is not None else 0,
+        coarse=coarse, t_stop=grid.stop_transmittance if grid is not None else 0.0,
     )
-    return s, [dens, feats, planes, bits, coarse]
+    return s, keep
 
 
 class _FusedRender(torch.autograd.Function):
@@ -155,7 +171,7 @@ class _FusedRender(torch.autograd.Function):
         dtype = bg.dtype
         n, K, R = rays.ray.shape[0], rays.K, bg.shape[0]
         scale = float(d_scale.detach().exp())
-        fld, keep = _field_args(density.detach(), features.detach(), scale, cfg, grid)
+        fld, keep = _field_args(dtype, scale, cfg, (density.detach(), features.detach()), grid)
         rs = rays.struct()
         w, raw = bg.new_empty(n, K), bg.new_empty(n, K)  # dense weights, raw density where w != 0
         fs = bg.new_empty(n, K, cfg.C)  # activated features where w >= threshold
@@ -171,7 +187,7 @@ class _FusedRender(torch.autograd.Function):
         run_jobs([partial(fn, ctypes.byref(fld), ctypes.byref(rs), a, b, bgc.data_ptr(), cfg.bg_depth, *outs)
                   for a, b in zip(cuts, cuts[1:])])
         del keep
-        ctx.save_for_backward(w, raw, fs, bgc, opacity, density, features)
+        ctx.save_for_backward(w, raw, fs, bgc, opacity)
         ctx.rays, ctx.cfg, ctx.scale = rays, cfg, scale
         ctx.mark_non_differentiable(stats)
         return feat, depth, opacity, w, stats
@@ -179,7 +195,7 @@ class _FusedRender(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g_feat: Tensor | None, g_depth: Tensor | None, g_op: Tensor | None,
                  g_w: Tensor | None, _g_stats: Tensor | None) -> Any:
-        w, raw, fs, bg, opacity, density, features = ctx.saved_tensors
+        w, raw, fs, bg, opacity = ctx.saved_tensors
         rays, cfg = ctx.rays, ctx.cfg
         n, R, C, N, dtype = w.shape[0], bg.shape[0], cfg.C, cfg.N, w.dtype
         need_d = ctx.needs_input_grad[0] or ctx.needs_input_grad[2]
@@ -191,7 +207,7 @@ class _FusedRender(torch.autograd.Function):
         g_bg = g_feat * (1.0 - opacity)[:, None] if ctx.needs_input_grad[3] else None  # (R, C)
         if not (need_d or need_f):
             return None, None, None, g_bg, None, None, None
-        fld, keep = _field_args(density.detach(), features.detach(), ctx.scale, cfg, None)
+        fld, keep = _field_args(dtype, ctx.scale, cfg)
         rs = rays.struct()
         g_dens = torch.zeros(1, N, N, N, dtype=dtype) if need_d else None
         g_fts = torch.zeros(C, N, N, N, dtype=dtype) if need_f else None
