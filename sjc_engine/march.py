@@ -6,8 +6,9 @@ cells' bounding box: :meth:`OccupancyGrid.sample_range`), then hands the hit ray
 :class:`~sjc_engine.field.VoxelField`). Per ray the kernel marches the samples, skips those in empty coarse
 cells and behind the transmittance floor (:mod:`sjc_engine.occupancy`), looks up the raw density, activates it
 (``softplus(raw * exp(d_scale) + shift)``), composites, looks up and activates the features only where
-``w >= weight_threshold``, and blends the background; nothing of size (rays x samples) is built but the dense weights (the emptiness loss's layout) and
-what the backward reads (the raw density of every weighted sample, the activated features of every shaded one).
+``w >= weight_threshold``, and blends the background; nothing of size (rays x samples) is built but the dense
+weights (the emptiness loss's layout) and what the backward reads (the raw density of every weighted sample, the
+activated features of every shaded one).
 The backward recomputes the transmittance from the weights, walks each ray in reverse for the thickness
 gradients and scatters straight into the grids' gradients (and ``d_scale``'s and the background's). Values and
 gradients are the torch path's to float rounding (``tests/engine/test_march.py``).
