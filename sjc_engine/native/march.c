@@ -100,8 +100,8 @@ static inline double m_max(double a, double b) { return a != a || b != b ? NAN :
 /* The field a ray batch is rendered through, and how (one struct per call, filled by march.py). */
 typedef struct {
     int64_t n;              /* grid nodes per side */
-    const T* density;       /* (n^3,) raw density */
-    const T* const* feats;  /* C planes (n^3,) of raw features */
+    const T* density;       /* (n^3,) raw density (march_fwd; march_bwd reads no grid) */
+    const T* const* feats;  /* C planes (n^3,) of raw features (march_fwd) */
     int64_t C;              /* feature channels, <= MAXC */
     T scale, shift;         /* sigma = softplus(raw * scale + shift); scale = exp(d_scale) */
     T step;                 /* march step, world units */
