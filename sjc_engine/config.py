@@ -40,6 +40,8 @@ class SJCConfig:
         render_size: rendered image side in pixels (64 = SD latent size; 32 for the embedded model).
         step_ratio: ray-march step as a fraction of the voxel size (reference: 0.5).
         density_shift: added to the raw density before softplus (reference: -1.0).
+        blob_density, blob_radius: a fresh field starts with raw density ``blob_density * max(0, 1 - |x| /
+            blob_radius)`` (:mod:`sjc_engine.priors`; reference: 0, empty space; radius default 0.5).
         feature_activation: ``"identity"`` (reference) or ``"tanh"`` (features squashed into [-1, 1];
             for pixel models, see :class:`sjc_engine.field.VoxelField`).
         cam_radius: camera distance from the origin (reference: 1.5).
@@ -89,6 +91,8 @@ class SJCConfig:
     render_size: int = 64
     step_ratio: float = 0.5
     density_shift: float = -1.0
+    blob_density: float = 0.0
+    blob_radius: float = 0.5
     feature_activation: Literal["identity", "tanh"] = "identity"
     cam_radius: float = 1.5
     elev_range_deg: tuple[float, float] = (-6.0, 90.0)
@@ -134,6 +138,8 @@ class SJCConfig:
             ("bbox", self.bbox > 0),
             ("render_size", 8 <= self.render_size <= 512),
             ("step_ratio", 0 < self.step_ratio <= 4),
+            ("blob_density", 0 <= self.blob_density <= 100),
+            ("blob_radius", 0 < self.blob_radius <= 2 * self.bbox),
             ("cam_radius", self.cam_radius > 0),
             ("elev_range_deg", -90 <= self.elev_range_deg[0] <= self.elev_range_deg[1] <= 90),
             ("fov_range_deg", 1 <= self.fov_range_deg[0] <= self.fov_range_deg[1] < 180),

@@ -40,6 +40,7 @@ from sjc_engine.losses import center_depth_loss, emptiness_loss, emptiness_weigh
 from sjc_engine.native.adamax import FusedAdamax
 from sjc_engine.occupancy import DEFAULT_SETTINGS, OccupancyGrid, OccupancySettings
 from sjc_engine.paas import paas_grad
+from sjc_engine.priors import add_density_blob
 from sjc_engine.renderer import render_image
 from sjc_engine.sigmas import SigmaSchedule
 
@@ -169,7 +170,8 @@ def run_sjc(
         callbacks: progress, previews, checkpoints and cooperative cancel.
         resume: a state from ``on_checkpoint`` / :func:`sjc_engine.checkpoint.load_checkpoint`; the run
             continues from its step with its field, optimiser and random state.
-        field: start from this field instead of a fresh one (ignored when resuming).
+        field: start from this field instead of a fresh one (ignored when resuming; a fresh one gets the
+            config's density blob, :mod:`sjc_engine.priors`).
         occupancy: empty-space skipping (:class:`~sjc_engine.occupancy.OccupancySettings`, default: on, rebuilt
             every 8 steps); None or ``every=0``: every sample is marched, as the reference does.
     """
@@ -183,7 +185,7 @@ def run_sjc(
         field.load_state_dict(resume["field"])
     elif field is None:
         field_args = field_args_for(config, denoiser.channels)
-        field = VoxelField(**field_args)
+        field = add_density_blob(VoxelField(**field_args), config.blob_density, config.blob_radius)
     else:
         field_args = field.config()
     field = field.to(device).train()
