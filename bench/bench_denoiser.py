@@ -75,7 +75,7 @@ def cmd_calls(args: argparse.Namespace) -> None:
     traced.TRACE_AFTER = 1  # the adopted mechanism, from the first call (its build time is printed)
 
     def trace(x, ts, c):
-        if not traced._traces:
+        if not any(sig[0] == x.shape for sig in traced._traces):
             t0 = time.perf_counter()
             traced(x, ts, c)
             print(f"  lean_trace build for {tuple(x.shape)}: {time.perf_counter() - t0:.2f} s", flush=True)
