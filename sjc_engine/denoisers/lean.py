@@ -2,8 +2,8 @@
 
 Importing diffusers costs about 1.5 s before anything loads (``diffusers.utils.torch_utils`` imports
 ``torch._dynamo``), and its ``UNet2DConditionModel`` module about 3.5 s on two cores (it pulls in the LoRA,
-single-file and quantisation loaders); transformers' ``CLIPTextModel`` another second. A 32x32 pixel model loads
-in a tenth of that, so a pixel text-conditioned model whose configs fit what this module implements is built here
+single-file and quantisation loaders); transformers' ``CLIPTextModel`` module 1-3 s more. A 32x32 pixel model
+loads in a tenth of that, so a pixel text-conditioned model whose configs fit what this module implements is built here
 from plain torch layers, with the same parameter names (the weights files load strictly, every tensor accounted
 for), the same operations in the same order (outputs equal diffusers' to float rounding; the tests compare):
 
@@ -18,8 +18,11 @@ for), the same operations in the same order (outputs equal diffusers' to float r
   (:func:`~sjc_engine.denoisers.vpve.alphas_cumprod_float64` reads nothing else).
 
 Per call the UNet also skips what depends on the prompt only: the text-pooled time embedding and the
-cross-attention keys and values are computed once per distinct context tensor (:meth:`LeanUNet.context_cache`),
-not at each of the 1-2 thousand steps of a run.
+cross-attention keys and values are computed once per distinct context (:meth:`LeanUNet.context_cache`), not at
+each of the 1-2 thousand steps of a run. After :attr:`LeanUNet.TRACE_AFTER` inference calls of one shape the UNet
+body is traced (``torch.jit.trace``, weights not frozen, the cached keys and values as inputs): about half a second
+once, then less interpreter overhead per call, outputs bit-equal (figures in bench/RESULTS.md, "Embedded model:
+load and call cost").
 
 Anything outside this (another block type, a config flag this code does not implement, ``.bin`` weights, a VAE)
 is :func:`unet_config_unsupported` & co. returning a reason, and the loader uses diffusers as before.
