@@ -433,8 +433,9 @@ class LeanUNet(nn.Module):
     CONTEXT_CACHE = 16
     #: Inference calls with the same shapes after which the UNet body is traced (``torch.jit.trace``, about 0.5-1 s
     #: on two cores; then ~25 % less per call at batch 2-8, outputs equal): a 1000-step run gains, a short one
-    #: never pays. ``trace = False`` (``SJC_LEAN_TRACE=0`` in the loader) keeps every call eager.
-    TRACE_AFTER = 100
+    #: never pays (the embedded model's default run is 200 calls: untraced). ``trace = False``
+    #: (``SJC_LEAN_TRACE=0`` in the loader) keeps every call eager.
+    TRACE_AFTER = 400
     MAX_TRACES = 4
 
     def __init__(self, cfg: dict[str, Any]) -> None:
