@@ -196,7 +196,10 @@ def test_worker_killed_mid_run_is_resumed_by_a_new_worker(stack):
     job = _post(stack, steps=total, preview_every=0)
     store = stack.store()
     state_key = f"jobs/{job['id']}/resume/state.pt"
-    wait_until(lambda: store.head(state_key) is not None, 120, interval=0.2, what="a first uploaded state")
+    # the record's step follows progress events (at most one per SJC_PROGRESS_INTERVAL_S), so it may still show a
+    # step before the uploaded state's: wait for both
+    wait_until(lambda: store.head(state_key) is not None and _get(stack, job["id"])["step"] >= 5, 120, interval=0.2,
+               what="a first uploaded state, and the record past it")
     before = _get(stack, job["id"])
     assert before["status"] == "running" and 5 <= before["step"] < total, before
     stack.worker.kill9()  # parent and pool child at once: no chance to clean up
