@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 SOURCES = ("trilinear.c", "composite.c", "adamax.c", "march.c")  # in this folder, compiled together into one library
+HEADERS = ("corner.h",)  # included by the sources: part of the cache key
 NATIVE_DTYPES = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}  # dtype -> (C type, suffix)
 BASE_FLAGS = ["-O3", "-shared", "-fPIC"]
 _X86_V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}  # /proc/cpuinfo names
@@ -78,7 +79,7 @@ def build_native() -> ctypes.CDLL | None:
         return None
     cc = os.environ.get("CC", "cc")
     sources = [SOURCE_DIR / name for name in SOURCES]
-    text = "".join(f"{p.name}\n{p.read_text()}" for p in sources)
+    text = "".join(f"{p.name}\n{p.read_text()}" for p in [*sources, *(SOURCE_DIR / h for h in HEADERS)])
     lib, errors = None, []
     for arch in arch_flags():
         flags = BASE_FLAGS + arch

@@ -125,31 +125,7 @@ typedef struct {
     int64_t K;            /* samples per row of the dense weights */
 } FN(rays_t);
 
-/* Lower cell node (flat index *base) and the 8 trilinear weights of the point x (index coordinates), as
-   trilinear.c's corner(): x clamped into [0, n - 1], the cell into [0, n - 2]; corner q = 4a + 2b + c at
-   base + a n^2 + b n + c. 0 for a NaN point. */
-static inline int FN(m_corner)(const T* x3, int64_t n, int64_t* base, T* w) {
-    int64_t c[3];
-    T f[3];
-    for (int a = 0; a < 3; ++a) {
-        T x = x3[a];
-        if (x != x) return 0;
-        if (x < 0) x = 0;
-        if (x > (T)(n - 1)) x = (T)(n - 1);
-        int64_t i = (int64_t)x;
-        if (i > n - 2) i = n - 2;
-        c[a] = i;
-        f[a] = x - (T)i;
-    }
-    *base = (c[0] * n + c[1]) * n + c[2];
-    T gx = 1 - f[0], gy = 1 - f[1], gz = 1 - f[2];
-    T xy[4] = {gx * gy, gx * f[1], f[0] * gy, f[0] * f[1]};
-    for (int j = 0; j < 4; ++j) {
-        w[2 * j] = xy[j] * gz;
-        w[2 * j + 1] = xy[j] * f[2];
-    }
-    return 1;
-}
+#include "corner.h" /* FN(corner): a point's cell and trilinear weights, as trilinear.c's lookups */
 
 /* Whether x lies in an occupied coarse cell (as trilinear.c's occupied(); NaN points count as occupied). */
 static inline int FN(m_occupied)(const T* x3, int64_t n, const uint8_t* occ, int64_t g, const int64_t* coarse) {
@@ -280,10 +256,10 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
             for (; i < m && nl < BLOCK; ++i) { /* cells and weights of the next live samples */
                 const T x[3] = {s[0] + (T)i * d[0], s[1] + (T)i * d[1], s[2] + (T)i * d[2]};
                 if (F->occ && !FN(m_occupied)(x, n, F->occ, F->g, F->coarse)) continue;
-                int64_t b = 0;
+                int64_t b = 0, cell[3];
                 bi[nl] = i;
                 braw[nl] = NAN;
-                bnan[nl] = !FN(m_corner)(x, n, &b, bcw[nl]);
+                bnan[nl] = !FN(corner)(x, n, &b, bcw[nl], cell);
                 bbase[nl] = b;
                 if (!bnan[nl] && b != pcell) { /* the cell's density lines on their way while we go on */
                     FN(m_prefetch)(&F->density, 1, b, o, 0);
@@ -429,9 +405,9 @@ static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0
             const int shade = feat && wi >= F->thr;
             if (!dens && !shade) continue;
             const T x[3] = {s[0] + (T)i * d[0], s[1] + (T)i * d[1], s[2] + (T)i * d[2]};
-            int64_t b = 0;
+            int64_t b = 0, cell[3];
             T cw[8] = {0};
-            const int ok = FN(m_corner)(x, n, &b, cw);
+            const int ok = FN(corner)(x, n, &b, cw, cell);
             if (ok && b != cur) {
                 if (cur >= 0) {
                     if (dens) FN(m_flush)(gd, 1, cur, o, dacc);

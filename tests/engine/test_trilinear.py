@@ -131,11 +131,12 @@ def test_native_build_into_a_fresh_cache(tmp_path, monkeypatch) -> None:
 
 
 def test_native_rebuilds_after_a_source_edit(tmp_path, monkeypatch) -> None:
-    """The cache is keyed by the sources' text: an edited .c file gives a new library, not the cached one."""
+    """The cache is keyed by the sources' and headers' text: an edited .c or .h file gives a new library, not the
+    cached one."""
     _native_or_skip()
     src = tmp_path / "src"
     src.mkdir()
-    for name in native_build.SOURCES:
+    for name in (*native_build.SOURCES, *native_build.HEADERS):
         shutil.copy(native_build.SOURCE_DIR / name, src / name)
     monkeypatch.setattr(native_build, "SOURCE_DIR", src)
     monkeypatch.setenv("SJC_NATIVE_CACHE", str(tmp_path / "cache"))
@@ -149,6 +150,10 @@ def test_native_rebuilds_after_a_source_edit(tmp_path, monkeypatch) -> None:
     lib = native_build.build_native()
     assert lib is not None and lib.comp_fwd_f32.argtypes is not None
     assert len(list((tmp_path / "cache").glob("sjc-kernels-*.so"))) == 2
+    with (src / "corner.h").open("a") as f:
+        f.write("/* edited */\n")
+    assert native_build.build_native() is not None
+    assert len(list((tmp_path / "cache").glob("sjc-kernels-*.so"))) == 3
 
 
 def test_native_cached_library_loads_without_a_compiler(tmp_path, monkeypatch) -> None:
