@@ -237,16 +237,15 @@ def run_sjc(
 
         opt.zero_grad(set_to_none=True)
         w_e = emptiness_weight(step, total, config.emptiness_weight, config.emptiness_multiplier, config.emptiness_step)
-        views = len(outs)
-        l_empty = sum(emptiness_loss(out.weights, config.emptiness_scale) for out in outs) / views
+        l_empty = torch.stack([emptiness_loss(out.weights, config.emptiness_scale) for out in outs]).mean()
         reg = w_e * l_empty
         l_depth = None
         if config.center_depth_weight > 0:
-            l_depth = sum(center_depth_loss(out.depth) for out in outs) / views
+            l_depth = torch.stack([center_depth_loss(out.depth) for out in outs]).mean()
             reg = reg + config.center_depth_weight * l_depth
-        # the score enters as the vector-Jacobian product y.backward(-grad / V) (the mean over the views); one
-        # pass with the regularisers
-        tensors, grads = [y_model], [-grad / views if views > 1 else -grad]
+        # the score enters as the vector-Jacobian product y.backward(-grad / V) (the mean over the views; exact
+        # for V = 1); one pass with the regularisers
+        tensors, grads = [y_model], [-grad / len(outs)]
         if reg.requires_grad:
             tensors.append(reg)
             grads.append(torch.ones_like(reg))

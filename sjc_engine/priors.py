@@ -3,9 +3,9 @@
 pals-ttic/sjc starts every voxel's raw density at zero, so the first hundreds of steps only grow density out of
 empty space. DreamFusion and Magic3D add a "density blob" around the origin for the same reason; here it is only
 the starting value (the optimiser may remove it anywhere): raw density ``peak * max(0, 1 - |x| / radius)``,
-``peak`` at the centre falling linearly to zero at ``radius``. With the embedded model's ``density_shift`` of -5 a
-peak of 8 starts the centre at an activated density of about 3 (a semi-transparent ball), so short runs reach solid
-objects whose surfaces sit where the model puts them, instead of thin shells.
+``peak`` at the centre falling linearly to zero at ``radius``. With the embedded model's ``density_shift`` of -5 its
+default peak of 6 starts the centre at an activated density of about 1.3 (a semi-transparent ball), so a 200-step
+run reaches solid objects instead of thin shells (bench/RESULTS.md, "Fewer, better-spent steps").
 """
 
 from __future__ import annotations
