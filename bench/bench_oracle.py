@@ -57,13 +57,13 @@ def main(argv: list[str]) -> None:
     _, overrides = parse_overrides(argv)
     sigmas = load_denoiser("embedded", device="cpu", half=False).sigmas
     cameras: list = []
-    render = loop.render_image
+    render = loop.render_images
 
-    def recording_render(field, camera, *args, **kwargs):  # the loop's cameras, in order
-        cameras.append(camera)
-        return render(field, camera, *args, **kwargs)
+    def recording_render(field, cams, *args, **kwargs):  # the loop's cameras, in order
+        cameras.extend(cams)
+        return render(field, cams, *args, **kwargs)
 
-    loop.render_image = recording_render
+    loop.render_images = recording_render
     for shape, color in PROMPTS:
         config = build_config(f"a {color} {shape}", "embedded", device="cpu", preview_every=0, checkpoint_every=0,
                               n_noise=1, **overrides)

@@ -41,7 +41,7 @@ from sjc_engine.native.adamax import FusedAdamax
 from sjc_engine.occupancy import DEFAULT_SETTINGS, OccupancyGrid, OccupancySettings
 from sjc_engine.paas import paas_grad
 from sjc_engine.priors import add_density_blob
-from sjc_engine.renderer import render_image
+from sjc_engine.renderer import render_image, render_images
 from sjc_engine.sigmas import SigmaSchedule
 
 PREVIEW_AZIMUTH_DEG = 30.0
@@ -222,7 +222,7 @@ def run_sjc(
         if skip_every > 0 and step % skip_every == 0:
             field.refresh_occupancy(march_step, occupancy)
 
-        outs = [render_image(field, cam, config.step_ratio) for cam in cams]
+        outs = render_images(field, cams, config.step_ratio)  # one batch of rays for every view
         y = torch.stack([out.image for out in outs])  # (V, C, H, W)
         y_model = y
         if y.shape[-1] != denoiser.image_size:

@@ -26,6 +26,7 @@ Two paths after the clipping (steps 1-2 below, torch ops), with the same values 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +37,8 @@ from sjc_engine.composite import WEIGHT_THRESHOLD, composite
 from sjc_engine.field import VoxelField
 from sjc_engine.march import HitRays, fused_supported, render_hit_rays
 
-__all__ = ["BG_DEPTH", "WEIGHT_THRESHOLD", "RenderOutput", "composite", "ray_box", "render_image", "render_rays"]
+__all__ = ["BG_DEPTH", "WEIGHT_THRESHOLD", "RenderOutput", "composite", "ray_box", "render_image", "render_images",
+           "render_rays"]
 
 BG_DEPTH = 10.0
 
@@ -177,3 +179,47 @@ def render_image(
     out.depth = out.depth.reshape(H, W)
     out.opacity = out.opacity.reshape(H, W)
     return out
+
+
+def render_images(
+    field: VoxelField, cameras: Sequence[Camera], step_ratio: float = 0.5, bg_depth: float = BG_DEPTH
+) -> list[RenderOutput]:
+    """Render several cameras' views in one batch of rays: what ``[render_image(field, c, ...) for c in cameras]``
+    returns, to float rounding of the gradients' sums, for less work.
+
+    The rays of every view go through one :func:`render_rays` call (one native pass, one backward that
+    scatters into one gradient of each grid instead of one per view, the fixed costs around the kernels paid
+    once). Each view's ``weights`` are its own rays' rows of the batch's dense layout cut to its own longest
+    ray (the columns past it are zeros), so they are exactly the ones :func:`render_image` gives: a mean over
+    them (the emptiness loss) is the view's own. Their ``n_samples`` and ``n_shaded`` stay 0 (the batch's
+    counts are not split by view).
+    """
+    if not cameras:
+        return []
+    dev, dtype = field.density.device, field.density.dtype
+    rays = [cam.rays(device=dev, dtype=dtype) for cam in cameras]  # (H, W, 3) origins and directions each
+    origins = torch.cat([o.reshape(-1, 3) for o, _ in rays])  # (sum_v H_v W_v, 3)
+    dirs = torch.cat([d.reshape(-1, 3) for _, d in rays])
+    out = render_rays(field, origins, dirs, step_ratio, bg_depth)
+    step = step_ratio * field.voxel_size
+    t_min, t_max = ray_box(origins, dirs, field.bbox)
+    counts = torch.ceil((t_max - t_min) / step).clamp(min=0).long()  # (R,) as render_rays counts them
+    K = out.weights.numel() // max(int((counts > 0).sum()), 1)  # the batch's dense row length
+    dense = out.weights.reshape(-1, K) if K else None  # (hit rays of all views, K)
+    views, r0, h0 = [], 0, 0
+    for cam in cameras:
+        H, W = cam.height, cam.width
+        r1 = r0 + H * W
+        c = counts[r0:r1]
+        n_v = int((c > 0).sum())
+        k_v = int(c.max()) if n_v else 0
+        if dense is not None and n_v and k_v:
+            weights = dense[h0 : h0 + n_v, :k_v].reshape(-1)  # (n_v * k_v,)
+        else:
+            weights = out.weights[:0]  # no ray of this view hits the box
+        views.append(RenderOutput(
+            features=out.features[r0:r1], depth=out.depth[r0:r1].reshape(H, W), opacity=out.opacity[r0:r1].reshape(H, W),
+            weights=weights, image=out.features[r0:r1].T.reshape(field.channels, H, W),  # (C, H, W)
+        ))
+        r0, h0 = r1, h0 + n_v
+    return views

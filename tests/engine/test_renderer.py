@@ -1,4 +1,4 @@
-"""Renderer: gradients against finite differences, an opaque slab, the reference's dense semantics."""
+"""Renderer: gradients against finite differences, an opaque slab, the reference's dense semantics, views in one batch."""
 
 import math
 
@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from sjc_engine.cameras import spherical_camera
 from sjc_engine.field import VoxelField
-from sjc_engine.renderer import render_image, render_rays
+from sjc_engine.losses import emptiness_loss
+from sjc_engine.renderer import render_image, render_images, render_rays
 
 
 def _rays(n: int, seed: int = 0, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,3 +139,47 @@ def test_render_image_shapes_and_skipping() -> None:
     # gradient (they still thin the light out)
     assert field.features.grad[:, :5].abs().max() == 0 and field.features.grad[:, 11:].abs().max() == 0
     assert field.density.grad[:, :5].abs().sum() > 0
+
+
+@pytest.mark.parametrize("skipping", [False, True])
+def test_render_images_equals_one_render_per_view(skipping: bool) -> None:
+    """Views in one batch of rays give each view's own image, depth, opacity and dense weights (bit for bit), and the
+    same gradients to rounding; a view that misses the box gets the background and no weights."""
+    torch.manual_seed(0)
+    field = VoxelField(grid_size=20, channels=3, density_shift=-5.0, feature_activation="tanh").double()
+    with torch.no_grad():
+        r = field.grid_points().norm(dim=-1)  # (N, N, N)
+        field.density[0] = 8.0 * (1 - r / 0.6).clamp(min=0) + torch.randn_like(r)
+        field.features.normal_()
+    if skipping:
+        field.refresh_occupancy(field.voxel_size)
+    cams = [spherical_camera(30.0, 20.0, 1.8, 50.0, 12), spherical_camera(200.0, 70.0, 1.8, 60.0, (10, 14)),
+            spherical_camera(0.0, 0.0, 1.8, 45.0, 12)]
+    away = spherical_camera(0.0, 0.0, 1.8, 10.0, 6)
+    away.c2w[:3, 2] *= -1  # looks away from the box: every ray misses
+    cams.append(away)
+
+    def loss(outs):
+        terms = []
+        for o in outs:
+            ramp = torch.linspace(-1, 1, o.image.numel(), dtype=o.image.dtype).view_as(o.image)
+            terms += [(o.image * ramp).sum(), 100 * emptiness_loss(o.weights), 0.1 * o.depth.sum()]
+        return torch.stack(terms).sum()
+
+    each = [render_image(field, c, 1.0) for c in cams]
+    field.zero_grad()
+    loss(each).backward()
+    grads_each = [p.grad.clone() for p in field.parameters()]
+    batch = render_images(field, cams, 1.0)
+    field.zero_grad()
+    loss(batch).backward()
+    assert len(batch) == len(cams)
+    for a, b in zip(each, batch):
+        for name in ("image", "depth", "opacity", "weights"):
+            assert getattr(a, name).shape == getattr(b, name).shape, name
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert batch[-1].weights.numel() == 0 and float(batch[-1].opacity.detach().abs().max()) == 0
+    assert float(emptiness_loss(batch[0].weights).detach()) > 0
+    for g, p in zip(grads_each, field.parameters()):
+        assert float(g.abs().max()) > 0
+        assert torch.allclose(g, p.grad, rtol=1e-10, atol=1e-12)
