@@ -10,6 +10,7 @@ Threads: :func:`main` sets ``OMP_WAIT_POLICY=PASSIVE`` (unless set) before anyth
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import sys
 from collections.abc import Sequence
@@ -163,6 +164,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         resume = load_checkpoint(args.resume)
     bar = ProgressBar(config.steps, args.out / "resume" / "state.pt", initial=int(resume["step"]) if resume else 0)
     previous = signal.signal(signal.SIGINT, lambda *_: setattr(bar, "interrupted", True))
+    # a one-shot process: what the imports made (torch's ~170,000 tracked objects) lives to the end, so the
+    # cyclic collector need not walk it at each full collection (GC time per 100 steps 0.38 -> 0.16 s measured)
+    gc.freeze()
     try:
         result = generate(
             config, args.out, callbacks=bar, resume=resume, outputs=args.outputs or OUTPUTS,

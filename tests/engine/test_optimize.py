@@ -191,3 +191,32 @@ def test_fused_adamax_equals_torch_adamax_bit_for_bit(threads, weight_decay):
         assert not torch.equal(ours.density, start.density) and not torch.equal(ours.features, start.features)
     finally:
         torch.set_num_threads(old_threads)
+
+
+def test_loop_imports_neither_dynamo_nor_sympy():
+    """torch.optim's dynamo-disable wrappers and autograd.backward with explicit gradients import torch._dynamo
+    and sympy (1.5-3.6 s and ~1 s here); a run with checkpoints and a resume must not pay for them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, torch\n"
+        "from sjc_engine.config import SJCConfig\n"
+        "from sjc_engine.denoisers.gaussian import GaussianDenoiser\n"
+        "from sjc_engine.callbacks import Callbacks\n"
+        "from sjc_engine.optimize import run_sjc\n"
+        "states = {}\n"
+        "class CB(Callbacks):\n"
+        "    def on_checkpoint(self, state, step): states[step] = state\n"
+        "cfg = SJCConfig(prompt='a red cube', steps=4, grid_size=10, render_size=12, sigma_min=0.05, sigma_max=2.0,\n"
+        "                preview_every=0, checkpoint_every=2, device='cpu', center_depth_weight=1.0)\n"
+        "den = GaussianDenoiser(torch.full((3, 12, 12), 0.5), var=0.01)\n"
+        "run_sjc(cfg, den, CB())\n"
+        "run_sjc(cfg, den, resume=states[2])\n"
+        "print([m for m in ('torch._dynamo', 'sympy') if m in sys.modules])\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
