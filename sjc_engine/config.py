@@ -36,6 +36,9 @@ class SJCConfig:
         seed: seeds torch, numpy and Python's ``random``; a run is reproducible on CPU.
         steps: optimiser steps (reference: 10,000).
         grid_size: voxels per side of the density and feature grids (reference: 100).
+        coarse_grid: voxels per side during the first ``coarse_fraction`` of the steps, after which the field is
+            resampled to ``grid_size`` and the run goes on (coarse to fine); 0 (reference) starts at ``grid_size``.
+        coarse_fraction: the share of the steps run on the coarse grid (default 0.5).
         bbox: half-size of the scene box ``[-bbox, bbox]^3`` (reference: 1.0).
         render_size: rendered image side in pixels (64 = SD latent size; 32 for the embedded model).
         step_ratio: ray-march step as a fraction of the voxel size (reference: 0.5).
@@ -69,6 +72,9 @@ class SJCConfig:
         emptiness_multiplier: factor on the weight in the second stage (reference: 20).
         emptiness_step: fraction of the run after which the second stage starts (reference: 0.5).
         center_depth_weight: weight of the center-depth loss; 0 disables it (reference: off).
+        smooth_weight: weight of the smoothness loss on the raw density (the mean squared difference of
+            neighbouring voxels, summed over the three axes; :func:`sjc_engine.losses.smoothness_loss`); 0 disables
+            it (reference: off).
         preview_every: steps between preview images passed to callbacks (0: never).
         checkpoint_every: steps between checkpoint callbacks (0: never).
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
@@ -87,6 +93,8 @@ class SJCConfig:
     seed: int = 0
     steps: int = 10_000
     grid_size: int = 100
+    coarse_grid: int = 0
+    coarse_fraction: float = 0.5
     bbox: float = 1.0
     render_size: int = 64
     step_ratio: float = 0.5
@@ -114,6 +122,7 @@ class SJCConfig:
     emptiness_multiplier: float = 20.0
     emptiness_step: float = 0.5
     center_depth_weight: float = 0.0
+    smooth_weight: float = 0.0
     preview_every: int = 100
     checkpoint_every: int = 500
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -135,6 +144,8 @@ class SJCConfig:
         checks: list[tuple[str, bool]] = [
             ("steps", self.steps >= 1),
             ("grid_size", 4 <= self.grid_size <= 512),
+            ("coarse_grid", self.coarse_grid == 0 or 4 <= self.coarse_grid <= self.grid_size),
+            ("coarse_fraction", 0 <= self.coarse_fraction <= 1),
             ("bbox", self.bbox > 0),
             ("render_size", 8 <= self.render_size <= 512),
             ("step_ratio", 0 < self.step_ratio <= 4),
@@ -149,6 +160,7 @@ class SJCConfig:
             ("n_noise", self.n_noise >= 1),
             ("lr", self.lr > 0),
             ("emptiness_step", 0 <= self.emptiness_step <= 1),
+            ("smooth_weight", self.smooth_weight >= 0),
             ("video_frames", self.video_frames >= 1),
             ("display_size", 16 <= self.display_size <= 2048),
             ("target_faces", 100 <= self.target_faces <= 2_000_000),

@@ -1,4 +1,4 @@
-"""Emptiness and center-depth losses: values, the stage switch, and the corrected center-depth sign."""
+"""Emptiness, smoothness and center-depth losses: values, the stage switch, the corrected center-depth sign."""
 
 import math
 
@@ -56,3 +56,48 @@ def test_center_depth_guarded_log():
 def test_center_depth_checks_shape():
     with pytest.raises(ValueError):
         center_depth_loss(torch.zeros(1, 8, 8))
+
+
+def test_smoothness_loss_values_and_gradient():
+    from sjc_engine.losses import smoothness_loss
+
+    flat = torch.full((1, 5, 5, 5), 3.0)
+    assert float(smoothness_loss(flat)) == 0.0
+    ramp = torch.arange(5.0).view(1, 5, 1, 1).expand(1, 5, 5, 5)  # steps of 1 along the first grid axis only
+    assert float(smoothness_loss(ramp)) == pytest.approx(1.0)
+    spike = torch.zeros(1, 5, 5, 5, dtype=torch.float64)
+    spike[0, 2, 2, 2] = 1.0  # six neighbour pairs differ by 1: 2 per axis, each axis' mean over 4 * 5 * 5 pairs
+    assert float(smoothness_loss(spike)) == pytest.approx(3 * 2 / 100)
+    g = torch.randn(2, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(smoothness_loss, (g,))
+    spike.requires_grad_(True)
+    smoothness_loss(spike).backward()
+    assert float(spike.grad[0, 2, 2, 2]) > 0 and float(spike.grad[0, 1, 2, 2]) < 0  # pulls the spike down, neighbours up
+    with pytest.raises(ValueError):
+        smoothness_loss(torch.zeros(4, 4))
+
+
+def test_smooth_weight_reaches_the_loop_and_is_validated():
+    from sjc_engine.callbacks import Callbacks
+    from sjc_engine.config import ConfigError, SJCConfig
+    from sjc_engine.denoisers.gaussian import GaussianDenoiser
+    from sjc_engine.optimize import run_sjc
+
+    with pytest.raises(ConfigError) as err:
+        SJCConfig(prompt="x", smooth_weight=-1.0)
+    assert err.value.field == "smooth_weight"
+    reports = []
+
+    class Rec(Callbacks):
+        def on_step(self, report):
+            reports.append(report)
+
+    den = GaussianDenoiser(torch.full((3, 12, 12), 0.5), var=0.01)
+    base = dict(prompt="a red cube", steps=6, grid_size=10, render_size=12, sigma_min=0.05, sigma_max=2.0, preview_every=0,
+                checkpoint_every=0, device="cpu", blob_density=6.0)
+    rough = run_sjc(SJCConfig(**base), den).field.density.detach()
+    smooth = run_sjc(SJCConfig(**base, smooth_weight=1e3), den, Rec()).field.density.detach()
+    assert "smoothness" in reports[-1].losses
+    from sjc_engine.losses import smoothness_loss
+
+    assert float(smoothness_loss(smooth)) < float(smoothness_loss(rough))
