@@ -36,9 +36,6 @@ class SJCConfig:
         seed: seeds torch, numpy and Python's ``random``; a run is reproducible on CPU.
         steps: optimiser steps (reference: 10,000).
         grid_size: voxels per side of the density and feature grids (reference: 100).
-        coarse_grid: voxels per side during the first ``coarse_fraction`` of the steps, after which the field is
-            resampled to ``grid_size`` and the run goes on (coarse to fine); 0 (reference) starts at ``grid_size``.
-        coarse_fraction: the share of the steps run on the coarse grid (default 0.5).
         bbox: half-size of the scene box ``[-bbox, bbox]^3`` (reference: 1.0).
         render_size: rendered image side in pixels (64 = SD latent size; 32 for the embedded model).
         step_ratio: ray-march step as a fraction of the voxel size (reference: 0.5).
@@ -93,8 +90,6 @@ class SJCConfig:
     seed: int = 0
     steps: int = 10_000
     grid_size: int = 100
-    coarse_grid: int = 0
-    coarse_fraction: float = 0.5
     bbox: float = 1.0
     render_size: int = 64
     step_ratio: float = 0.5
@@ -144,8 +139,6 @@ class SJCConfig:
         checks: list[tuple[str, bool]] = [
             ("steps", self.steps >= 1),
             ("grid_size", 4 <= self.grid_size <= 512),
-            ("coarse_grid", self.coarse_grid == 0 or 4 <= self.coarse_grid <= self.grid_size),
-            ("coarse_fraction", 0 <= self.coarse_fraction <= 1),
             ("bbox", self.bbox > 0),
             ("render_size", 8 <= self.render_size <= 512),
             ("step_ratio", 0 < self.step_ratio <= 4),

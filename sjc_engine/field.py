@@ -33,12 +33,6 @@ from sjc_engine.trilinear import trilinear_rays
 FORMAT_VERSION = 1
 
 
-def resample_grid(grid: Tensor, size: int) -> Tensor:
-    """(C, N, N, N) values at nodes on the box's corners -> (C, size, size, size) at the new nodes, trilinear
-    (``align_corners=True``: the corner nodes keep their values)."""
-    return F.interpolate(grid[None], size=(size, size, size), mode="trilinear", align_corners=True)[0]
-
-
 class VoxelField(nn.Module):
     """Density and feature grids over ``[-bbox, bbox]^3`` with a direction-indexed background.
 
@@ -172,18 +166,6 @@ class VoxelField(nn.Module):
             {"params": [self.density, self.features, self.d_scale], "lr": lr},
             {"params": [self.bg], "lr": bg_lr},
         ]
-
-    @torch.no_grad()
-    def resized(self, grid_size: int) -> "VoxelField":
-        """A copy on ``grid_size`` nodes per side (same box, channels and activations): density and features
-        resampled trilinearly at the new nodes (:func:`resample_grid`), ``d_scale`` and the background as they
-        are; no occupancy grid. Coarse-to-fine runs grow their field with it."""
-        out = VoxelField(**{**self.config(), "grid_size": grid_size}).to(self.density.device, self.density.dtype)
-        out.density.copy_(resample_grid(self.density, grid_size))
-        out.features.copy_(resample_grid(self.features, grid_size))
-        out.d_scale.copy_(self.d_scale)
-        out.bg.copy_(self.bg)
-        return out.train(self.training)
 
     # ---------------------------------------------------------------- persistence
     def config(self) -> dict[str, Any]:

@@ -12,10 +12,6 @@ Per step (pals-ttic/sjc ``run_sjc.py``, with callbacks, checkpoints and exact re
    (:class:`~sjc_engine.native.adamax.FusedAdamax`: torch's Adamax, bit for bit, with a one-pass C step on the CPU
    grids).
 
-Coarse to fine (``config.coarse_grid``; off in the reference): the first ``coarse_fraction`` of the steps run on
-a coarse grid (fewer, larger voxels: half the samples per ray at half the side), then :func:`grow_field` resamples
-the field and the optimiser's moments to ``grid_size`` and the run goes on.
-
 Every ``occupancy.every`` steps the field's occupancy grid is rebuilt from its density (empty-space skipping,
 :mod:`sjc_engine.occupancy`); it is part of the resumable state, and rebuilt once more at the end so renders of
 the result (previews, video) skip empty space too.
@@ -40,7 +36,7 @@ from sjc_engine.callbacks import Callbacks, StepReport
 from sjc_engine.cameras import sample_camera, spherical_camera, view_prompt
 from sjc_engine.config import SJCConfig
 from sjc_engine.denoisers.base import Denoiser
-from sjc_engine.field import VoxelField, resample_grid
+from sjc_engine.field import VoxelField
 from sjc_engine.losses import center_depth_loss, emptiness_loss, emptiness_weight, smoothness_loss
 from sjc_engine.native.adamax import FusedAdamax
 from sjc_engine.occupancy import DEFAULT_SETTINGS, OccupancyGrid, OccupancySettings
@@ -134,28 +130,6 @@ def make_state(field: VoxelField, field_args: dict, opt: torch.optim.Optimizer, 
     }
 
 
-def coarse_steps(config: SJCConfig) -> int:
-    """Steps run on the coarse grid (``config.coarse_grid``, ``coarse_fraction``); 0 when there is none."""
-    if config.coarse_grid <= 0 or config.coarse_grid >= config.grid_size:
-        return 0
-    return int(config.coarse_fraction * config.steps)
-
-
-def grow_field(field: VoxelField, opt: FusedAdamax, config: SJCConfig) -> tuple[VoxelField, FusedAdamax]:
-    """The coarse-to-fine switch: ``field`` resampled to ``config.grid_size`` (:meth:`VoxelField.resized`) and an
-    optimiser for it that carries on from ``opt``: the grids' moments resampled like their values, the others'
-    state (and every step count) as it is."""
-    fine = field.resized(config.grid_size)
-    new_opt = FusedAdamax(fine.param_groups(config.lr, config.bg_lr), lr=config.lr)
-    old_params = dict(field.named_parameters())
-    for name, p in fine.named_parameters():
-        state = opt.state.get(old_params[name])
-        if state:
-            new_opt.state[p] = {k: resample_grid(v, config.grid_size) if v.dim() == 4 else v.clone()
-                                for k, v in state.items()}
-    return fine, new_opt
-
-
 def resolve_field_device(config: SJCConfig, denoiser: Denoiser) -> torch.device:
     """Where the field lives: ``config.device``, or the denoiser's device for ``"auto"``."""
     return torch.device(denoiser.device) if config.device == "auto" else torch.device(config.device)
@@ -212,8 +186,6 @@ def run_sjc(
         field.load_state_dict(resume["field"])
     elif field is None:
         field_args = field_args_for(config, denoiser.channels)
-        if coarse_steps(config) > 0:  # coarse to fine: the first phase on the coarse grid
-            field_args["grid_size"] = config.coarse_grid
         field = add_density_blob(VoxelField(**field_args), config.blob_density, config.blob_radius)
     else:
         field_args = field.config()
@@ -240,17 +212,10 @@ def run_sjc(
     last_ckpt = start if resume is not None else -1
 
     # 3. the loop
-    grow_at = coarse_steps(config)
     for step in range(start, total):
         if cb.should_stop():
             stopped = True
             break
-        if step == grow_at and field.grid_size == config.coarse_grid < config.grid_size:
-            field, opt = grow_field(field, opt, config)
-            field_args = field.config()
-            march_step = config.step_ratio * field.voxel_size
-            if skip_every > 0:
-                field.refresh_occupancy(march_step, occupancy)
         cams = [sample_camera(rng.cameras, config.render_size, config.cam_radius, config.elev_range_deg, config.fov_range_deg)
                 for _ in range(config.views)]
         prompts = [view_prompt(config.prompt, cam) if config.view_prompts else config.prompt for cam in cams]

@@ -220,39 +220,3 @@ def test_loop_imports_neither_dynamo_nor_sympy():
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
-
-
-def test_coarse_to_fine_grows_the_field_and_resumes_exactly():
-    """With coarse_grid the run starts on the coarse grid, switches at coarse_fraction of the steps (values and
-    optimiser moments resampled), and a resume from either phase, or from the switch step itself, is exact."""
-    cfg = small_config(steps=8, grid_size=11, coarse_grid=6, coarse_fraction=0.5, checkpoint_every=2, blob_density=6.0)
-    rec = Recorder()
-    full = run_sjc(cfg, oracle(), rec).field
-    assert full.grid_size == 11
-    assert {s: st["field_args"]["grid_size"] for s, st in rec.states.items()} == {2: 6, 4: 6, 6: 11, 8: 11}
-    opt_state = rec.states[6]["optimizer"]["state"]
-    assert tuple(opt_state[0]["exp_avg"].shape) == (1, 11, 11, 11)  # the density's moments were resampled
-    for step in (2, 4, 6):
-        assert same_field(run_sjc(cfg, oracle(), resume=rec.states[step]).field, full), step
-    assert run_sjc(small_config(steps=8, grid_size=11), oracle()).field.grid_size == 11
-    from sjc_engine.config import ConfigError
-
-    with pytest.raises(ConfigError) as err:
-        small_config(grid_size=11, coarse_grid=20)
-    assert err.value.field == "coarse_grid"
-
-
-def test_resized_field_keeps_values_at_shared_nodes():
-    torch.manual_seed(0)
-    from sjc_engine.field import VoxelField
-
-    coarse = VoxelField(6, 3, feature_activation="tanh").double()
-    with torch.no_grad():
-        coarse.density.normal_()
-    fine = coarse.resized(11)  # node i of the coarse grid is node 2i of the fine one
-    assert fine.grid_size == 11 and fine.feature_activation == "tanh" and fine.density.dtype == torch.float64
-    torch.testing.assert_close(fine.density[:, ::2, ::2, ::2], coarse.density.detach())
-    torch.testing.assert_close(fine.features[:, ::2, ::2, ::2], coarse.features.detach())
-    mid = 0.5 * (coarse.density[0, 0, 0, 0] + coarse.density[0, 1, 0, 0])
-    torch.testing.assert_close(fine.density[0, 1, 0, 0], mid.detach())
-    assert torch.equal(fine.bg, coarse.bg) and fine.occupancy_grid is None
