@@ -11,12 +11,16 @@
    texture), ``mesh.obj`` + ``mesh.mtl`` + ``mesh.png``, ``mesh.ply`` (sRGB vertex colours), ``mesh.stl``,
    as ``mesh_formats`` chooses. A field with no surface at ``config.mesh_threshold`` skips the mesh with a
    warning; the other files are still written.
+
+The turntable renders on the calling thread, each frame encoded as soon as it is rendered; the mesh, then the
+thumbnail, are made meanwhile on one second thread (the files are the same as made one after the other).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Callable
@@ -109,44 +113,74 @@ def export_asset(
     scale = decode_scale(field, decode)
     fine = min(render_size_for(config.display_size, scale), resolved_size(field, config.cam_radius, config.test_fov_deg))
     size = max(config.render_size, fine)
-    # the renders without marching through empty space: cropped to the object (half the mesh threshold,
-    # 3 voxels around it); faint haze and specks far from the object are left out
-    view = crop_to_content(field, min_density=0.5 * config.mesh_threshold, margin=3)
 
-    # 1. turntable at display size
-    if "video" in outputs:
-        from sjc_engine.export.video import render_turntable, write_mp4
+    # the mesh (3.) and the poster (2.) on a second thread while the turntable (1.) renders on this one: they
+    # share no data but the field, which nobody changes; the mesh steps are mostly single-threaded (marching
+    # cubes, xatlas, texture baking, file writing), and the renderer's native pass and the video encoder
+    # release the GIL, so the two cores stay busy
+    want_mesh = "mesh" in outputs and bool(mesh_formats)
+    want_poster = bool({"video", "previews"} & set(outputs))
+    mesh_job = poster_job = None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sjc-export") if want_mesh or want_poster else None
+    try:
+        if want_mesh:
+            mesh_job = pool.submit(_export_mesh, field, config, out_dir, decode, is_latent, size, tuple(mesh_formats))
+        if want_poster or "video" in outputs:
+            # the renders without marching through empty space: cropped to the object (half the mesh threshold,
+            # 3 voxels around it); faint haze and specks far from the object are left out
+            view = crop_to_content(field, min_density=0.5 * config.mesh_threshold, margin=3)
+        if want_poster:
+            poster_job = pool.submit(
+                write_thumbnail, view, decode, config, size, out_dir / "thumbnail.png", out_height=config.display_size
+            )
 
-        frames = render_turntable(
-            view, decode, n_frames=config.video_frames, size=size, radius=config.cam_radius,
-            fov_deg=config.test_fov_deg, elevation_deg=TURNTABLE_ELEVATION_DEG, step_ratio=config.step_ratio,
-            out_height=config.display_size,
-        )
-        result.files["turntable.mp4"] = write_mp4(frames, out_dir / "turntable.mp4")
+        # 1. turntable at display size, each frame encoded as soon as it is rendered
+        if "video" in outputs:
+            from sjc_engine.export.video import Mp4Writer, iter_turntable
+
+            with Mp4Writer(out_dir / "turntable.mp4") as writer:
+                for frame in iter_turntable(
+                    view, decode, n_frames=config.video_frames, size=size, radius=config.cam_radius,
+                    fov_deg=config.test_fov_deg, elevation_deg=TURNTABLE_ELEVATION_DEG, step_ratio=config.step_ratio,
+                    out_height=config.display_size,
+                ):
+                    writer.write(frame)
+            result.files["turntable.mp4"] = writer.path
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     # 2. the poster
-    if {"video", "previews"} & set(outputs):
-        result.files["thumbnail.png"] = write_thumbnail(
-            view, decode, config, size, out_dir / "thumbnail.png", out_height=config.display_size
-        )
-
+    if poster_job is not None:
+        result.files["thumbnail.png"] = poster_job.result()
     # 3. the mesh: surface, colours, texture, files
-    if "mesh" in outputs and mesh_formats:
-        from sjc_engine.export.mesh import EmptyMeshError, extract_mesh, save_mesh
-
-        try:
-            mesh = extract_mesh(
-                field, config.mesh_threshold, decode, is_latent, target_faces=config.target_faces, size=size,
-                views=COLOR_VIEWS,
-            )
-        except EmptyMeshError as e:  # an empty (or full) field: keep the other results, say why
-            result.warnings.append(f"mesh skipped: {e}")
-            return result
-        if is_latent:
-            cams = color_views(COLOR_VIEWS, size, 2.2 * field.bbox, config.test_fov_deg)
-            color_fn = lambda p, n: projected_colors(field, p, n, decode, cams)  # noqa: E731
-        else:
-            color_fn = lambda p, n: local_colors(field, p, n, decode)  # noqa: E731
-        paths = save_mesh(mesh, out_dir, formats=tuple(mesh_formats), color_fn=color_fn, texture_size=config.texture_size)
+    if mesh_job is not None:
+        paths, warning = mesh_job.result()
+        if warning:
+            result.warnings.append(warning)
         result.files.update(paths)
     return result
+
+
+@torch.no_grad()
+def _export_mesh(
+    field: VoxelField, config: SJCConfig, out_dir: Path, decode: Decode, is_latent: bool, size: int,
+    mesh_formats: tuple[str, ...],
+) -> tuple[dict[str, Path], str | None]:
+    """Step 3 of :func:`export_asset`: surface, colours, texture, files; ``(files, None)``, or ``({}, warning)``
+    for a field with no surface."""
+    from sjc_engine.export.mesh import EmptyMeshError, extract_mesh, save_mesh
+
+    try:
+        mesh = extract_mesh(
+            field, config.mesh_threshold, decode, is_latent, target_faces=config.target_faces, size=size,
+            views=COLOR_VIEWS,
+        )
+    except EmptyMeshError as e:  # an empty (or full) field: keep the other results, say why
+        return {}, f"mesh skipped: {e}"
+    if is_latent:
+        cams = color_views(COLOR_VIEWS, size, 2.2 * field.bbox, config.test_fov_deg)
+        color_fn = lambda p, n: projected_colors(field, p, n, decode, cams)  # noqa: E731
+    else:
+        color_fn = lambda p, n: local_colors(field, p, n, decode)  # noqa: E731
+    return save_mesh(mesh, out_dir, formats=mesh_formats, color_fn=color_fn, texture_size=config.texture_size), None

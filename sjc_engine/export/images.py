@@ -55,7 +55,8 @@ def colorize_depth(depth: Tensor, opacity: Tensor, near: float | None = None, fa
     """A depth map (H, W) as an (H, W, 3) uint8 image: near bright yellow to far dark purple, background black.
 
     Depth is normalised over the pixels with opacity > 0.5 (or ``near``/``far`` when given), so the colours
-    use the whole range for the object.
+    use the whole range for the object. With ``near`` and ``far`` given, a stack of maps (..., H, W) works too
+    (every pixel on its own): (..., H, W, 3).
     """
     d = depth.detach().float().cpu()
     fg = opacity.detach().float().cpu() > 0.5

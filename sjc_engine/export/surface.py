@@ -10,8 +10,9 @@ The steps, in order (each a small function below):
 3. :func:`march`: marching cubes with ``gradient_direction="ascent"`` (density grows *inward*; skimage's
    default ``"descent"`` winds every triangle inward);
 4. :func:`remove_floaters`: connected pieces of the mesh smaller than ``keep_ratio`` x the largest one's
-   volume are dropped; when the mesh has more faces than ``target_faces``, steps 1-4 run again at the
-   spacing that gives about that many faces (marching cubes output is always closed and manifold);
+   volume are dropped (:func:`piece_sizes` measures every piece at once); when the mesh would have more faces
+   than ``target_faces``, steps 1-4 run again at the spacing that gives about that many faces (marching
+   cubes output is always closed and manifold);
 5. :func:`smooth`: Taubin smoothing (a shrink step then an inflate step: removes voxel-scale jaggies without
    the volume loss of plain Laplacian smoothing);
 6. :func:`decimate`: quadric decimation (fast-simplification) of what remains over ``target_faces``,
@@ -73,7 +74,7 @@ def close_volume(density: np.ndarray, level: float) -> np.ndarray:
         raise EmptyMeshError(
             f"no surface at threshold {level}: density ranges over [{density.min():.4g}, {density.max():.4g}]"
         )
-    solid = ndimage.binary_fill_holes(occ)
+    solid = fill_holes(occ)
     vol = np.where(solid & ~occ, np.maximum(density, 2.0 * level), density)
     return np.pad(vol, 1, mode="constant", constant_values=min(float(vol.min()), 0.5 * level))
 
@@ -88,13 +89,59 @@ def march(volume: np.ndarray, level: float, spacing: float, origin: float) -> tr
     return trimesh.Trimesh(vertices=verts, faces=faces, process=True)
 
 
+def fill_holes(occ: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes(occ)`` (6-connected background), from one labelling of the background:
+    what is not connected to the array's border is filled (the same result, ~3x faster on 129^3)."""
+    labels, count = ndimage.label(~occ)
+    border = np.concatenate([labels[i].ravel() for i in (np.s_[0], np.s_[-1], np.s_[:, 0], np.s_[:, -1],
+                                                          np.s_[:, :, 0], np.s_[:, :, -1])])
+    outside = np.zeros(count + 1, dtype=bool)
+    outside[border] = True
+    outside[0] = False  # label 0: the solid itself
+    return ~outside[labels]
+
+
+def piece_sizes(mesh: trimesh.Trimesh) -> tuple[list[np.ndarray], np.ndarray]:
+    """The connected pieces of ``mesh`` (face indices, as ``mesh.split(only_watertight=False)`` cuts them) and
+    their sizes: the absolute volume of a watertight piece (every edge in exactly two of its faces), else
+    1e-3 x its area. Computed on the whole mesh at once, without building a mesh per piece."""
+    faces = np.asarray(mesh.faces)
+    components = trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(faces)), min_len=1)
+    if len(components) <= 1:
+        return components, np.ones(len(components))
+    label = np.empty(len(faces), dtype=np.int64)
+    for i, c in enumerate(components):
+        label[c] = i
+    n = len(components)
+    # watertight pieces: each of their (sorted) edges used by exactly two of their faces
+    edges = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)  # (3F, 2)
+    nv = np.int64(len(mesh.vertices))
+    keys = (np.repeat(label, 3) * nv + edges[:, 0]) * nv + edges[:, 1]  # (3F,) piece and edge in one integer
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    bad = np.bincount(np.repeat(label, 3)[counts[inverse] != 2], minlength=n) > 0  # (n,) pieces with an open edge
+    tri = np.asarray(mesh.vertices, dtype=np.float64)[faces]  # (F, 3, 3)
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # (F, 3)
+    volume = np.abs(np.bincount(label, weights=(cross * tri[:, 0]).sum(1), minlength=n)) / 6.0
+    area = np.bincount(label, weights=np.linalg.norm(cross, axis=1), minlength=n) / 2.0
+    return components, np.where(bad, area * 1e-3, volume)
+
+
 def remove_floaters(mesh: trimesh.Trimesh, keep_ratio: float = 0.1) -> trimesh.Trimesh:
     """Keep the connected pieces whose volume is >= ``keep_ratio`` x the largest piece's (default 0.1)."""
-    pieces = mesh.split(only_watertight=False)
-    if len(pieces) <= 1:
+    return _keep_pieces(mesh, *piece_sizes(mesh), keep_ratio)
+
+
+def _kept(components: list[np.ndarray], sizes: np.ndarray, keep_ratio: float) -> list[np.ndarray]:
+    return [c for c, s in zip(components, sizes) if s >= keep_ratio * sizes.max()]
+
+
+def _keep_pieces(mesh: trimesh.Trimesh, components: list[np.ndarray], sizes: np.ndarray,
+                 keep_ratio: float) -> trimesh.Trimesh:
+    """``mesh`` cut to its pieces of size >= ``keep_ratio`` x the largest (pieces and sizes: :func:`piece_sizes`),
+    each as ``mesh.split`` gives it, concatenated in their order."""
+    if len(components) <= 1:
         return mesh
-    sizes = np.array([abs(p.volume) if p.is_watertight else p.area * 1e-3 for p in pieces])
-    kept = [p for p, s in zip(pieces, sizes) if s >= keep_ratio * sizes.max()]
+    kept = mesh.submesh(_kept(components, sizes, keep_ratio), only_watertight=False, repair=False)
     return trimesh.util.concatenate(kept) if len(kept) > 1 else kept[0]
 
 
@@ -169,18 +216,21 @@ def extract_surface(
         EmptyMeshError: when the density does not cross ``threshold``.
     """
     side = grid_side(field, upsample)
-    mesh = _clean_march(field, side, threshold, keep_ratio)
-    if len(mesh.faces) > target_faces:
+    mesh = _march_field(field, side, threshold)
+    pieces = piece_sizes(mesh)
+    n_faces = sum(len(c) for c in _kept(*pieces, keep_ratio))  # faces after step 4, without building that mesh
+    coarse = int((side - 1) * (target_faces / n_faces) ** 0.5) + 1 if n_faces > target_faces else 0
+    if coarse >= 8:
         # faces grow as 1 / spacing^2: march again at the spacing that gives ~the budget, decimate the rest
-        coarse = int((side - 1) * (target_faces / len(mesh.faces)) ** 0.5) + 1
-        if coarse >= 8:
-            mesh = _clean_march(field, coarse, threshold, keep_ratio)
+        mesh = remove_floaters(_march_field(field, coarse, threshold), keep_ratio)
+    else:
+        mesh = _keep_pieces(mesh, *pieces, keep_ratio)
     mesh = smooth(mesh, smooth_iterations)
     mesh = decimate(mesh, target_faces)
     return orient_outward(mesh)
 
 
-def _clean_march(field: VoxelField, side: int, threshold: float, keep_ratio: float) -> trimesh.Trimesh:
-    """Steps 1-4: sample at ``side``^3 nodes, close, march, drop floaters."""
+def _march_field(field: VoxelField, side: int, threshold: float) -> trimesh.Trimesh:
+    """Steps 1-3: sample at ``side``^3 nodes, close, march."""
     density, spacing = sample_density(field, side)
-    return remove_floaters(march(close_volume(density, threshold), threshold, spacing, -field.bbox), keep_ratio)
+    return march(close_volume(density, threshold), threshold, spacing, -field.bbox)

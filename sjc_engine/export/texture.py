@@ -77,10 +77,10 @@ def rasterize_atlas(uv: np.ndarray, faces: np.ndarray, size: int) -> tuple[np.nd
     pix[:, 0] = uv[:, 0] * size
     pix[:, 1] = (1.0 - uv[:, 1]) * size  # texel rows run downward from v = 1
     ids = Image.new("I", (size, size), 0)
-    draw = ImageDraw.Draw(ids)
-    for i, tri in enumerate(pix[faces]):  # (3, 2) corners in texel units
-        corners = [(float(x) - 0.5, float(y) - 0.5) for x, y in tri]  # PIL fills pixels by their top-left corner
-        draw.polygon(corners, fill=i + 1, outline=i + 1)
+    core = ImageDraw.Draw(ids).draw  # what ImageDraw.polygon(xy, fill=v, outline=v) calls: one filled polygon
+    corners = (pix[faces] - 0.5).tolist()  # (F, 3, 2) in texel units; PIL fills pixels by their top-left corner
+    for i, tri in enumerate(corners):
+        core.draw_polygon([tuple(c) for c in tri], core.draw_ink(i + 1), 1)
     tri_id = np.asarray(ids, dtype=np.int64) - 1  # (size, size)
     bary = np.zeros((size, size, 3))
     ys, xs = np.nonzero(tri_id >= 0)

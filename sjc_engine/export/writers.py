@@ -12,6 +12,7 @@ and faces outward).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ def textured_mesh(atlas: Atlas, texture: np.ndarray) -> trimesh.Trimesh:
     """The atlas mesh with its base-colour ``texture`` (H, W, 3) uint8 in a diffuse PBR material."""
     material = trimesh.visual.material.PBRMaterial(
         name="mesh",
-        baseColorTexture=Image.fromarray(texture),
+        baseColorTexture=_png_once(Image.fromarray(texture)),
         baseColorFactor=[255, 255, 255, 255],
         metallicFactor=0.0,
         roughnessFactor=ROUGHNESS,
@@ -38,6 +39,26 @@ def textured_mesh(atlas: Atlas, texture: np.ndarray) -> trimesh.Trimesh:
     return trimesh.Trimesh(
         vertices=atlas.vertices, faces=atlas.faces, vertex_normals=atlas.normals, visual=visual, process=False
     )
+
+
+def _png_once(image: Image.Image) -> Image.Image:
+    """``image`` whose PNG encoding is done once: trimesh's GLB and OBJ writers each save the texture as a PNG
+    (``image.save(f, format="png")``); the second save writes the first one's bytes (the same bytes: the
+    same image, the same encoder settings). Any other save goes to PIL as usual."""
+    save = image.save
+    encoded: list[bytes] = []
+
+    def save_once(fp, format=None, **params):  # noqa: A002 (PIL's name)
+        if str(format).lower() != "png" or params or not hasattr(fp, "write"):
+            return save(fp, format=format, **params)
+        if not encoded:
+            buf = io.BytesIO()
+            save(buf, format="png")
+            encoded.append(buf.getvalue())
+        fp.write(encoded[0])
+
+    image.save = save_once  # an instance attribute: this image only
+    return image
 
 
 ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
