@@ -9,6 +9,7 @@ mesh, video or texture), so settings and weights can be compared side by side on
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json steps=400
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json steps=400 model=.sjc/embedded_v2
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json seed=1 smooth_weight=0   # another seed (default 0)
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def main(argv: list[str]) -> None:
     refs = ProceduralDataset(seed=0, views_per_shape=16, size=32).reference_colors()
     rows = []
     for shape, color in PROMPTS:
-        cfg = build_config(f"a {color} {shape}", model, device="cpu", seed=0, **kw)
+        cfg = build_config(f"a {color} {shape}", model, device="cpu", **{"seed": 0, **kw})
         t0 = time.time()
         field = run_sjc(cfg, den).field
         wall = time.time() - t0
