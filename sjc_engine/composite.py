@@ -4,9 +4,9 @@ As pals-ttic/sjc ``voxnerf/render.py``: ``w_i = (1 - exp(-tau_i)) * exp(-sum_{j<
 ``tau_i = sigma_i * step``, features counted only where ``w_i >= 1e-4`` (the reference's
 ``ray_march_weight_thres``). Two implementations with the same values and gradients: the C kernels
 (``comp_fwd``/``comp_bwd`` in ``sjc_engine/native/composite.c``: one pass per ray, analytic backward; CPU,
-float32/float64, where built) and torch ops (:func:`composite_torch`, any device; the fallback). The renderer composites
-here only off its fused path (:mod:`sjc_engine.march`, which composites inside its own kernel): on CUDA, with
-``SJC_NATIVE=0``, or for fields the fused kernel does not take.
+float32/float64, where built) and torch ops (:func:`composite_torch`, any device; the fallback). The renderer
+composites here only off its fused path (:mod:`sjc_engine.march`, which composites inside its own kernel): on
+CUDA, with ``SJC_NATIVE=0``, or for fields the fused kernel does not take.
 """
 
 from __future__ import annotations

@@ -19,39 +19,6 @@ from sjc_engine.renderer import render_image
 Decode = Callable[[Tensor], Tensor]
 
 
-@torch.no_grad()
-def render_turntable(
-    field: VoxelField,
-    decode: Decode | None = None,
-    n_frames: int = 60,
-    size: int = 64,
-    radius: float = 1.5,
-    fov_deg: float = 60.0,
-    elevation_deg: float = 20.0,
-    step_ratio: float = 0.5,
-    batch: int = 8,
-    out_height: int | None = None,
-) -> np.ndarray:
-    """Render a full turn around the field.
-
-    Args:
-        field: the voxel field.
-        decode: rendered features (B, C, H, W) to RGB (B, 3, H', W') in [0, 1]; ``None`` treats the features
-            as pixels in [-1, 1].
-        n_frames: frames of the turn (azimuth 0, 360/n, ...).
-        size: render size in pixels (the decoded frame may be larger, e.g. x8 for SD latents).
-        radius, fov_deg, elevation_deg: the camera path.
-        step_ratio: ray-march step.
-        batch: frames decoded at a time.
-        out_height: frames smaller than this are scaled up (bicubic) to it (default ``None``: as decoded).
-
-    Returns:
-        (T, H', 2 W', 3) uint8 frames: RGB on the left, depth on the right (resized to the RGB's size).
-    """
-    return np.stack(list(iter_turntable(field, decode, n_frames, size, radius, fov_deg, elevation_deg, step_ratio,
-                                        batch, out_height)))
-
-
 def iter_turntable(
     field: VoxelField,
     decode: Decode | None = None,
@@ -64,8 +31,23 @@ def iter_turntable(
     batch: int = 8,
     out_height: int | None = None,
 ) -> Iterator[np.ndarray]:
-    """The frames of :func:`render_turntable` one at a time, as they are rendered (for :class:`Mp4Writer`: the
-    encoder's threads work on the first frames while the next ones render)."""
+    """Render a full turn around the field, one frame at a time as they are rendered (for :class:`Mp4Writer`:
+    the encoder's threads work on the first frames while the next ones render).
+
+    Args:
+        field: the voxel field.
+        decode: rendered features (B, C, H, W) to RGB (B, 3, H', W') in [0, 1]; ``None`` treats the features
+            as pixels in [-1, 1].
+        n_frames: frames of the turn (azimuth 0, 360/n, ...).
+        size: render size in pixels (the decoded frame may be larger, e.g. x8 for SD latents).
+        radius, fov_deg, elevation_deg: the camera path.
+        step_ratio: ray-march step.
+        batch: frames decoded at a time.
+        out_height: frames smaller than this are scaled up (bicubic) to it (default ``None``: as decoded).
+
+    Yields:
+        (H', 2 W', 3) uint8 frames: RGB on the left, depth on the right (resized to the RGB's size).
+    """
     if n_frames < 1:
         raise ValueError(f"n_frames must be >= 1, got {n_frames}")
     decode = decode or pixel_decode
@@ -175,20 +157,3 @@ class Mp4Writer:
                 pass
             self._container = None
             self.path.unlink(missing_ok=True)
-
-
-def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 30, crf: int = 18, preset: str = "superfast") -> Path:
-    """Write (T, H, W, 3) uint8 frames as H.264 (libx264), yuv420p, ``+faststart`` MP4 with PyAV
-    (see :class:`Mp4Writer`).
-
-    Odd sizes are padded by one pixel (yuv420p needs even sides).
-    """
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.dtype} {frames.shape}")
-    if frames.shape[0] == 0:
-        raise ValueError("write_mp4 needs at least one frame")
-    with Mp4Writer(path, fps=fps, crf=crf, preset=preset) as writer:
-        for frame in frames:
-            writer.write(frame)
-    return writer.path

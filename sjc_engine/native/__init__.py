@@ -1,8 +1,8 @@
 """Small C kernels for the CPU hot paths (the fused renderer, trilinear lookups along rays, volume compositing,
 the Adamax step), called via ``ctypes``.
 
-The C sources (``march.c``, ``trilinear.c``, ``composite.c``, ``adamax.c``) ship with the package and are compiled on first
-use (see :mod:`sjc_engine.native.build`: ``$CC``, ``$SJC_NATIVE_CACHE``, ``SJC_NATIVE=0``). Callers check
+The C sources (``march.c``, ``trilinear.c``, ``composite.c``, ``adamax.c``) ship with the package and are
+compiled on first use (see :mod:`sjc_engine.native.build`: ``$CC``, ``$SJC_NATIVE_CACHE``, ``SJC_NATIVE=0``). Callers check
 :func:`native_supports` and fall back to their torch path where it is False::
 
     if native_supports(x, grid):

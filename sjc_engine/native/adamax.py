@@ -7,8 +7,8 @@ moments stay bit-identical to ``torch.optim.Adamax`` (a NaN stays a NaN, its bit
 the state dict is the same: checkpoints load into either.
 
 A tensor takes the kernel when it is a contiguous float32/float64 CPU tensor, its group has no weight decay
-and is not maximising, differentiable or capturable, and the kernels were built with hardware FMA while torch's own CPU kernels use it too (so the
-lerp rounds alike); every other tensor takes torch's single-tensor step.
+and is not maximising, differentiable or capturable, and the kernels were built with hardware FMA while torch's
+own CPU kernels use it too (so the lerp rounds alike); every other tensor takes torch's single-tensor step.
 """
 
 from __future__ import annotations

@@ -142,20 +142,13 @@ typedef struct {
     int64_t K;            /* samples per row of the dense weights */
 } FN(rays_t);
 
-#include "corner.h" /* FN(corner): a point's cell and trilinear weights, as trilinear.c's lookups */
+#include "corner.h" /* FN(cell_of), FN(corner): a point's cell and trilinear weights, as trilinear.c's */
 
 /* Whether x lies in an occupied coarse cell (as trilinear.c's occupied(); NaN points count as occupied). */
 static inline int FN(m_occupied)(const T* x3, int64_t n, const uint8_t* occ, int64_t g, const int64_t* coarse) {
     int64_t c[3];
-    for (int a = 0; a < 3; ++a) {
-        T x = x3[a];
-        if (x != x) return 1;
-        if (x < 0) x = 0;
-        int64_t i = (int64_t)x;
-        if (i > n - 2) i = n - 2;
-        c[a] = coarse[i];
-    }
-    return occ[(c[0] * g + c[1]) * g + c[2]];
+    if (!FN(cell_of)(x3, n, c)) return 1;
+    return occ[(coarse[c[0]] * g + coarse[c[1]]) * g + coarse[c[2]]];
 }
 
 /* Raw features f (C,) at a point of cell base with trilinear weights w (a corner shared with the last sample is

@@ -43,21 +43,14 @@
 
 #else /* typed kernels, T and SUF defined */
 
-#include "corner.h" /* FN(corner): a point's cell and trilinear weights */
+#include "corner.h" /* FN(cell_of), FN(corner): a point's cell and trilinear weights */
 
 /* Whether the point x (index coordinates) lies in an occupied coarse cell of the bitfield occ (g^3 cells of
    cell^3 voxels; the voxel as in corner()); NaN points count as occupied (they read NaN). */
 static inline int FN(occupied)(const T* x3, int64_t n, const uint8_t* occ, int64_t g, int64_t cell) {
     int64_t c[3];
-    for (int a = 0; a < 3; ++a) {
-        T x = x3[a];
-        if (x != x) return 1;
-        if (x < 0) x = 0;
-        int64_t i = (int64_t)x;
-        if (i > n - 2) i = n - 2;
-        c[a] = i / cell;
-    }
-    return occ[(c[0] * g + c[1]) * g + c[2]];
+    if (!FN(cell_of)(x3, n, c)) return 1;
+    return occ[((c[0] / cell) * g + c[1] / cell) * g + c[2] / cell];
 }
 
 /* Sample i of ray r sits at start[r] + i * delta[r] (index coordinates), for i < counts[r]; the output has the

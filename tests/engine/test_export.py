@@ -19,7 +19,7 @@ from sjc_engine.export.colors import local_colors
 from sjc_engine.export.crop import crop_to_content
 from sjc_engine.export.images import image_grid, save_png, to_uint8_image
 from sjc_engine.export.mesh import EmptyMeshError, extract_mesh, save_mesh
-from sjc_engine.export.video import render_turntable, write_mp4
+from sjc_engine.export.video import Mp4Writer, iter_turntable
 from sjc_engine.field import VoxelField
 from sjc_engine.renderer import render_image
 
@@ -178,12 +178,16 @@ def test_crop_to_content_renders_the_same() -> None:
 
 def test_turntable_mp4_loads_back(tmp_path) -> None:
     field = two_color_ball(16)
-    frames = render_turntable(field, None, n_frames=6, size=24, radius=1.5, fov_deg=60.0, elevation_deg=20.0)
+    frames = np.stack(list(iter_turntable(field, None, n_frames=6, size=24, radius=1.5, fov_deg=60.0,
+                                          elevation_deg=20.0)))
     assert frames.shape == (6, 24, 48, 3) and frames.dtype == np.uint8
     left, right = frames[0, :, :24], frames[0, :, 24:]
     assert left[12, 12, 0] > 150 or left[12, 12, 2] > 150  # the ball's centre pixel is red or blue
     assert right[0, 0].sum() == 0 and right[12, 12].sum() > 0  # depth: black background, coloured object
-    path = write_mp4(frames, tmp_path / "turntable.mp4", fps=10)
+    with Mp4Writer(tmp_path / "turntable.mp4", fps=10) as writer:
+        for frame in frames:
+            writer.write(frame)
+    path = writer.path
     with open(path, "rb") as fh:
         head = fh.read(64)
     assert b"ftyp" in head and b"moov" in open(path, "rb").read(4096), "+faststart puts moov at the front"
@@ -194,6 +198,27 @@ def test_turntable_mp4_loads_back(tmp_path) -> None:
         assert stream.codec_context.pix_fmt == "yuv420p"
     assert len(decoded) == 6 and decoded[0].shape == (24, 48, 3)
     assert np.abs(decoded[0].astype(int) - frames[0].astype(int)).mean() < 20
+
+
+def test_mp4_writer_leaves_no_partial_file(tmp_path) -> None:
+    """A turntable that fails half way, or a writer given no frame, leaves no file behind; bad frames are refused."""
+    frame = np.zeros((8, 10, 3), dtype=np.uint8)
+    path = tmp_path / "broken.mp4"
+    with pytest.raises(RuntimeError, match="render failed"):
+        with Mp4Writer(path) as writer:
+            writer.write(frame)
+            raise RuntimeError("render failed")
+    assert not path.exists()
+    with pytest.raises(ValueError, match="at least one frame"):
+        with Mp4Writer(path):
+            pass
+    assert not path.exists()
+    with Mp4Writer(tmp_path / "odd.mp4") as writer:
+        with pytest.raises(ValueError, match="uint8"):
+            writer.write(frame.astype(np.float32))
+        writer.write(np.zeros((7, 9, 3), dtype=np.uint8))  # odd sides: padded to even
+    with av.open(str(writer.path)) as container:
+        assert [f.to_ndarray(format="rgb24").shape for f in container.decode(video=0)] == [(8, 10, 3)]
 
 
 def test_image_helpers(tmp_path) -> None:

@@ -12,11 +12,11 @@ from sjc_engine.field import VoxelField
 from sjc_engine.march import fused_supported
 from sjc_engine.native import native_lib
 from sjc_engine.renderer import render_rays
+from tests.fixtures.render import PARAMS, param_inputs, render_with
 
 pytestmark = pytest.mark.skipif(native_lib() is None, reason="C kernels not built")
 
 N = 40
-PARAMS = ("density", "features", "d_scale", "bg")
 
 
 def _torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,20 +129,8 @@ def test_fused_gradients_match_finite_differences() -> None:
     o, d = _rays(size=3, seed=2, dtype=torch.float64)
     assert fused_supported(f, o)
 
-    def render(*tensors: torch.Tensor):
-        saved = {k: getattr(f, k) for k in PARAMS}
-        try:
-            for k, v in zip(PARAMS, tensors):
-                delattr(f, k)
-                setattr(f, k, v)
-            out = render_rays(f, o, d, step_ratio=1.0)
-            return out.features, out.depth, out.opacity, out.weights
-        finally:
-            for k, v in saved.items():
-                delattr(f, k)
-                f.register_parameter(k, v)
-
-    inputs = tuple(getattr(f, k).detach().clone().requires_grad_(True) for k in PARAMS)
+    render = render_with(f, o, d)
+    inputs = param_inputs(f)
     assert torch.autograd.gradcheck(render, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 

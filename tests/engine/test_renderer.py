@@ -10,6 +10,7 @@ from sjc_engine.cameras import spherical_camera
 from sjc_engine.field import VoxelField
 from sjc_engine.losses import emptiness_loss
 from sjc_engine.renderer import render_image, render_images, render_rays
+from tests.fixtures.render import param_inputs, render_with
 
 
 def _rays(n: int, seed: int = 0, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,24 +29,8 @@ def test_gradients_match_finite_differences() -> None:
         field.density.normal_(0.0, 1.0)
     origins, dirs = _rays(6)
 
-    names = ("density", "features", "bg", "d_scale")
-
-    def render(*tensors):  # render with the given tensors standing in for the field's parameters
-        saved = {k: getattr(field, k) for k in names}
-        try:
-            for k, v in zip(names, tensors):
-                delattr(field, k)
-                setattr(field, k, v)
-            out = render_rays(field, origins, dirs, step_ratio=1.0)
-            return out.features, out.depth, out.opacity, out.weights
-        finally:
-            for k, v in saved.items():
-                delattr(field, k)
-                field.register_parameter(k, v)
-
-    inputs = tuple(
-        p.detach().clone().requires_grad_(True) for p in (field.density, field.features, field.bg, field.d_scale)
-    )
+    render = render_with(field, origins, dirs)
+    inputs = param_inputs(field)
     assert torch.autograd.gradcheck(render, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
     out = render(*inputs)
     assert out[3].numel() > 0 and out[0].shape == (6, 2)
