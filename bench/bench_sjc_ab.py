@@ -10,6 +10,10 @@ mesh, video or texture), so settings and weights can be compared side by side on
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json steps=400
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json steps=400 model=.sjc/embedded_v2
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json seed=1 smooth_weight=0   # another seed (default 0)
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json seeds=0,1,2   # every prompt with each seed
+
+With ``seeds=`` the summary pools every (prompt, seed) run (median and worst IoU over all of them, counts out of
+all of them) and adds each seed's median.
 """
 
 from __future__ import annotations
@@ -28,22 +32,30 @@ PROMPTS = [("cube", "red"), ("cube", "cyan"), ("sphere", "green"), ("sphere", "p
            ("cone", "blue"), ("cylinder", "orange"), ("cylinder", "pink"), ("torus", "blue"), ("torus", "red")]
 
 
-def parse_overrides(items: list[str]) -> tuple[str, dict]:
-    """``key=value`` strings to (model, SJCConfig overrides typed like the config's defaults)."""
+def parse_overrides(items: list[str]) -> tuple[str, list[int], dict]:
+    """``key=value`` strings to (model, seeds, SJCConfig overrides typed like the config's defaults)."""
     from sjc_engine.config import SJCConfig
 
-    model, kw = "embedded", {}
+    model, seeds, kw = "embedded", [0], {}
     defaults = SJCConfig(prompt="x")
     for item in items:
         key, _, value = item.partition("=")
         if key == "model":
             model = value
             continue
+        if key in ("seed", "seeds"):
+            seeds = [int(v) for v in value.split(",")]
+            continue
         if not hasattr(defaults, key):
             raise SystemExit(f"unknown setting {key!r}")
         current = getattr(defaults, key)
         kw[key] = value == "1" if isinstance(current, bool) else type(current)(value) if current is not None else float(value)
-    return model, kw
+    return model, seeds, kw
+
+
+def _count(flags) -> str:
+    flags = list(flags)
+    return f"{sum(map(bool, flags))}/{len(flags)}"
 
 
 def main(argv: list[str]) -> None:
@@ -55,12 +67,12 @@ def main(argv: list[str]) -> None:
     from training.shapes import SHAPES
 
     out = Path(argv[0])
-    model, kw = parse_overrides(argv[1:])
+    model, seeds, kw = parse_overrides(argv[1:])
     den = load_denoiser(model, device="cpu", half=False)
     refs = ProceduralDataset(seed=0, views_per_shape=16, size=32).reference_colors()
     rows = []
-    for shape, color in PROMPTS:
-        cfg = build_config(f"a {color} {shape}", model, device="cpu", **{"seed": 0, **kw})
+    for (shape, color), seed in ((p, s) for s in seeds for p in PROMPTS):
+        cfg = build_config(f"a {color} {shape}", model, device="cpu", seed=seed, **kw)
         t0 = time.time()
         field = run_sjc(cfg, den).field
         wall = time.time() - t0
@@ -69,16 +81,19 @@ def main(argv: list[str]) -> None:
         c = field.grid_size // 2
         hole = bool(occ[c - 2 : c + 3, :, c - 2 : c + 3].sum() == 0) if shape == "torus" else None
         rgb, _ = object_color(field, den.decode, cfg.cam_radius, cfg.test_fov_deg, cfg.render_size)
-        row = {"prompt": f"a {color} {shape}", "iou": round(ious[shape], 3), "best": max(ious, key=ious.get),
+        row = {"prompt": f"a {color} {shape}", "seed": seed, "iou": round(ious[shape], 3), "best": max(ious, key=ious.get),
                "hole": hole, "color_ok": bool(rgb) and nearest_color(rgb, refs) == color, "sjc_s": round(wall, 1)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     ious = [r["iou"] for r in rows]
     summary = {
-        "overrides": kw, "model": model, "median_iou": statistics.median(ious), "worst_iou": min(ious),
+        "overrides": kw, "model": model, "seeds": seeds, "median_iou": statistics.median(ious), "worst_iou": min(ious),
+        "median_iou_by_seed": {s: statistics.median(r["iou"] for r in rows if r["seed"] == s) for s in seeds},
         "shapes_matched": sum(r["best"] == r["prompt"].split()[-1] for r in rows),
-        "cubes_as_cubes": all(r["best"] == "cube" for r in rows if r["prompt"].endswith("cube")),
-        "tori_open": [r["hole"] for r in rows if r["hole"] is not None], "colours_ok": sum(r["color_ok"] for r in rows),
+        "runs": len(rows),
+        "cubes_as_cubes": _count(r["best"] == "cube" for r in rows if r["prompt"].endswith("cube")),
+        "tori_open": _count(r["hole"] for r in rows if r["hole"] is not None),
+        "colours_ok": _count(r["color_ok"] for r in rows),
     }
     print(json.dumps(summary))
     out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 SigmaSchedule = Literal["random", "annealed"]
+Background = Literal["learned", "random"]
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,13 @@ class SJCConfig:
         var_red: the reference's variance-reduced gradient ``(D - y)/sigma`` (True) or ``(D - z)/sigma``.
         lr: Adamax learning rate of the grids (reference: 0.05).
         bg_lr: learning rate of the background texture (reference: 1e-4).
+        background: what the scored views are composited over: ``"learned"`` (the field's background
+            texture, the reference) or ``"random"`` (each view a flat colour drawn uniformly from [-1, 1]^C,
+            new every step, for pixel models with ``feature_activation="tanh"``; a fresh field's texture is then
+            a flat grey, :data:`sjc_engine.field.NEUTRAL_BACKGROUND`, left alone, and renders of the result use
+            it). A sheet of the field that
+            a learned background can hide (it takes the background's colour) shows against a random one, so
+            only what the model sees as the object keeps its density.
         emptiness_scale: beta in ``log(1 + beta * w)`` (reference: 10).
         emptiness_weight: emptiness loss weight in the first stage (reference: 1e4).
         emptiness_multiplier: factor on the weight in the second stage (reference: 20).
@@ -112,6 +120,7 @@ class SJCConfig:
     var_red: bool = True
     lr: float = 0.05
     bg_lr: float = 1e-4
+    background: Background = "learned"
     emptiness_scale: float = 10.0
     emptiness_weight: float = 1e4
     emptiness_multiplier: float = 20.0
@@ -160,12 +169,16 @@ class SJCConfig:
             ("texture_size", 64 <= self.texture_size <= 8192),
             ("device", self.device in ("auto", "cpu", "cuda")),
             ("feature_activation", self.feature_activation in ("identity", "tanh")),
+            ("background", self.background in ("learned", "random")),
         ]
         if self.sigma_min is not None and self.sigma_max is not None:
             checks.append(("sigma_min", 0 < self.sigma_min < self.sigma_max))
         for name, ok in checks:
             if not ok:
                 raise ConfigError(name, f"SJCConfig.{name} is out of range: {getattr(self, name)!r}")
+        if self.background == "random" and self.feature_activation != "tanh":
+            raise ConfigError("background", "SJCConfig.background 'random' needs feature_activation 'tanh' "
+                                            "(flat colours in [-1, 1]: pixel models)")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -31,6 +31,7 @@ from sjc_engine.occupancy import DEFAULT_SETTINGS, OccupancyGrid, OccupancySetti
 from sjc_engine.trilinear import trilinear_rays
 
 FORMAT_VERSION = 1
+NEUTRAL_BACKGROUND = 0.7  # rendered grey of a field whose background is not learned (0.85 in [0, 1] colour)
 
 
 class VoxelField(nn.Module):
@@ -148,6 +149,15 @@ class VoxelField(nn.Module):
         grid = torch.stack([gx, gy], dim=-1).view(1, 1, -1, 2)  # (1, 1, R, 2)
         out = F.grid_sample(tex[None], grid, mode="bilinear", padding_mode="border", align_corners=True)
         return self.activate_features(out.view(self.channels, -1).T)  # (R, C)
+
+    @torch.no_grad()
+    def fill_background(self, value: float) -> None:
+        """Set the background texture to the flat rendered colour ``value`` in every channel."""
+        if self.feature_activation == "tanh":
+            if not -1.0 < value < 1.0:
+                raise ValueError(f"a tanh field's background must be in (-1, 1), got {value}")
+            value = math.atanh(value)
+        self.bg.fill_(value)
 
     def density_grid(self) -> Tensor:
         """Activated density at the grid nodes, (N, N, N) indexed ``[x, y, z]``."""

@@ -4,7 +4,8 @@ Per step (pals-ttic/sjc ``run_sjc.py``, with callbacks, checkpoints and exact re
 
 1. sample ``config.views`` cameras (azimuth, area-uniform elevation, fov; the reference: one) and their view
    prompts ("front view of ...");
-2. render the field from each: images ``y`` (V, C, H, W), depths, compositing weights;
+2. render the field from each (over the learned background, or a random flat colour per view with
+   ``config.background="random"``): images ``y`` (V, C, H, W), depths, compositing weights;
 3. pick sigma (random over the trimmed ticks, or annealed) and compute the PAAS gradient on ``y`` (every view
    and noise sample in one denoiser call);
 4. backward ``-grad / V`` through the renderer (a vector-Jacobian product) together with the emptiness and
@@ -36,7 +37,7 @@ from sjc_engine.callbacks import Callbacks, StepReport
 from sjc_engine.cameras import sample_camera, spherical_camera, view_prompt
 from sjc_engine.config import SJCConfig
 from sjc_engine.denoisers.base import Denoiser
-from sjc_engine.field import VoxelField
+from sjc_engine.field import NEUTRAL_BACKGROUND, VoxelField
 from sjc_engine.losses import center_depth_loss, emptiness_loss, emptiness_weight, smoothness_loss
 from sjc_engine.native.adamax import FusedAdamax
 from sjc_engine.occupancy import DEFAULT_SETTINGS, OccupancyGrid, OccupancySettings
@@ -189,6 +190,8 @@ def run_sjc(
         field = add_density_blob(VoxelField(**field_args), config.blob_density, config.blob_radius)
     else:
         field_args = field.config()
+    if resume is None and config.background == "random":
+        field.fill_background(NEUTRAL_BACKGROUND)  # what renders of the result show; the views get random ones
     field = field.to(device).train()
     skip_every = occupancy.every if occupancy is not None else 0
     field.occupancy_grid = None
@@ -223,7 +226,10 @@ def run_sjc(
         if skip_every > 0 and step % skip_every == 0:
             field.refresh_occupancy(march_step, occupancy)
 
-        outs = render_images(field, cams, config.step_ratio)  # one batch of rays for every view
+        backgrounds = None
+        if config.background == "random":  # one flat colour per view, uniform in [-1, 1]^C
+            backgrounds = torch.rand(len(cams), field.channels, generator=rng.noise).mul_(2).sub_(1)  # (V, C)
+        outs = render_images(field, cams, config.step_ratio, backgrounds=backgrounds)  # one batch of rays
         y = torch.stack([out.image for out in outs])  # (V, C, H, W)
         y_model = y
         if y.shape[-1] != denoiser.image_size:

@@ -86,6 +86,7 @@ def render_rays(
     step_ratio: float = 0.5,
     bg_depth: float = BG_DEPTH,
     weight_threshold: float = WEIGHT_THRESHOLD,
+    background: Tensor | None = None,
 ) -> RenderOutput:
     """Render rays through ``field``.
 
@@ -96,6 +97,8 @@ def render_rays(
         step_ratio: march step as a fraction of the voxel size ``2 * bbox / N`` (reference: 0.5).
         bg_depth: depth given to the background's share (reference: 10).
         weight_threshold: features of samples with a smaller weight are left out (reference: 1e-4).
+        background: (R, C) rendered background features of each ray in place of the field's texture
+            (default None: :meth:`VoxelField.background`).
 
     Returns:
         :class:`RenderOutput` with ``features`` (R, C), ``depth`` (R,), ``opacity`` (R,), ``weights`` (S,),
@@ -117,7 +120,12 @@ def render_rays(
     counts = counts[hit]
     n = hit.numel()
     k = int(counts.max()) if n else 0
-    bg = field.background(dirs)  # (R, C)
+    if background is None:
+        bg = field.background(dirs)  # (R, C)
+    elif background.shape != (R, C):
+        raise ValueError(f"background must be (R, C) = {(R, C)}, got {tuple(background.shape)}")
+    else:
+        bg = background.to(dev, dtype)
     if n == 0 or k == 0:
         zeros = origins.new_zeros(R)
         return RenderOutput(bg, zeros + bg_depth, zeros, origins.new_zeros(0) + field.density.sum() * 0)
@@ -182,7 +190,11 @@ def render_image(
 
 
 def render_images(
-    field: VoxelField, cameras: Sequence[Camera], step_ratio: float = 0.5, bg_depth: float = BG_DEPTH
+    field: VoxelField,
+    cameras: Sequence[Camera],
+    step_ratio: float = 0.5,
+    bg_depth: float = BG_DEPTH,
+    backgrounds: Tensor | None = None,
 ) -> list[RenderOutput]:
     """Render several cameras' views in one batch of rays: what ``[render_image(field, c, ...) for c in cameras]``
     returns, to float rounding of the gradients' sums, for less work.
@@ -193,6 +205,9 @@ def render_images(
     ray (the columns past it are zeros), so they are exactly the ones :func:`render_image` gives: a mean over
     them (the emptiness loss) is the view's own. Their ``n_samples`` and ``n_shaded`` stay 0 (the batch's
     counts are not split by view).
+
+    ``backgrounds`` (V, C): one flat background colour (rendered features) per view in place of the field's
+    texture (default None: the texture).
     """
     if not cameras:
         return []
@@ -200,7 +215,14 @@ def render_images(
     rays = [cam.rays(device=dev, dtype=dtype) for cam in cameras]  # (H, W, 3) origins and directions each
     origins = torch.cat([o.reshape(-1, 3) for o, _ in rays])  # (sum_v H_v W_v, 3)
     dirs = torch.cat([d.reshape(-1, 3) for _, d in rays])
-    out = render_rays(field, origins, dirs, step_ratio, bg_depth)
+    per_ray = None
+    if backgrounds is not None:
+        if backgrounds.shape != (len(cameras), field.channels):
+            raise ValueError(f"backgrounds must be (V, C) = {(len(cameras), field.channels)}, "
+                             f"got {tuple(backgrounds.shape)}")
+        sizes = torch.tensor([cam.height * cam.width for cam in cameras], device=backgrounds.device)
+        per_ray = backgrounds.repeat_interleave(sizes, dim=0)  # (sum_v H_v W_v, C)
+    out = render_rays(field, origins, dirs, step_ratio, bg_depth, background=per_ray)
     step = step_ratio * field.voxel_size
     t_min, t_max = ray_box(origins, dirs, field.bbox)
     counts = torch.ceil((t_max - t_min) / step).clamp(min=0).long()  # (R,) as render_rays counts them

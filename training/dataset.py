@@ -179,9 +179,11 @@ def _camera_tag() -> str:
 
 
 def colorize(shade_alpha: Tensor, alpha: Tensor, albedo: Tensor, background: Tensor | None = None) -> Tensor:
-    """Images in [-1, 1], (B, 3, S, S), from (B, 1, S, S) renders and (B, 3) albedos."""
+    """Images in [-1, 1], (B, 3, S, S), from (B, 1, S, S) renders, (B, 3) albedos and a background colour in
+    [0, 1]: (3,) for all images or (B, 3) one each (default :data:`BACKGROUND`)."""
     bg = torch.tensor(BACKGROUND) if background is None else background
-    rgb = albedo[:, :, None, None] * shade_alpha + bg[None, :, None, None] * (1 - alpha)  # (B, 3, S, S)
+    bg = bg.expand(albedo.shape)  # (B, 3)
+    rgb = albedo[:, :, None, None] * shade_alpha + bg[:, :, None, None] * (1 - alpha)  # (B, 3, S, S)
     return rgb.clamp(0, 1) * 2 - 1
 
 
@@ -196,6 +198,10 @@ class ProceduralDataset:
         shapes, colors: subsets of :data:`.shapes.SHAPES` and :data:`PALETTE` (default: all).
         bare_prompt_prob: probability of a caption without the view prefix.
         color_jitter: per-channel multiplicative albedo jitter (uniform +-), 0 for exact colours.
+        random_background_prob: probability that an image's background is a random colour (uniform in
+            [0, 1]^3) instead of :data:`BACKGROUND`. A model that has seen varied backgrounds can tell a
+            background-coloured sheet from empty space once the SJC renders vary theirs (``SJCConfig.background
+            = "random"``); 0 (the shipped model's training) keeps the grey.
         cache_dir: where rendered views are cached (``views_{shape}_s{seed}_n{views}_{size}.pt``); None: no cache.
     """
 
@@ -208,8 +214,11 @@ class ProceduralDataset:
         colors: list[str] | None = None,
         bare_prompt_prob: float = 0.2,
         color_jitter: float = 0.05,
+        random_background_prob: float = 0.0,
         cache_dir: str | Path | None = None,
     ) -> None:
+        if not 0.0 <= random_background_prob <= 1.0:
+            raise ValueError(f"random_background_prob must be in [0, 1], got {random_background_prob}")
         self.shapes = list(shapes or SHAPES)
         self.colors = list(colors or PALETTE)
         for c in self.colors:
@@ -218,6 +227,7 @@ class ProceduralDataset:
         self.size = size
         self.bare_prompt_prob = bare_prompt_prob
         self.color_jitter = color_jitter
+        self.random_background_prob = random_background_prob
         self.views = {s: _cached_views(s, views_per_shape, seed, size, cache_dir) for s in self.shapes}
         self.albedos = torch.tensor([PALETTE[c] for c in self.colors])  # (K, 3)
         self.views_per_shape = views_per_shape
@@ -249,7 +259,12 @@ class ProceduralDataset:
             al.append(vs.alpha[v])
             caps.append(self.caption(shape, color, v, bool(bare[b])))
         albedo = (self.albedos[ci] * jitter).clamp(0, 1)  # (B, 3)
-        return colorize(torch.stack(sa), torch.stack(al), albedo), caps
+        background = None
+        if self.random_background_prob > 0:
+            random_bg = torch.rand(batch_size, generator=generator) < self.random_background_prob  # (B,)
+            colours = torch.rand(batch_size, 3, generator=generator)  # (B, 3)
+            background = torch.where(random_bg[:, None], colours, torch.tensor(BACKGROUND))  # (B, 3)
+        return colorize(torch.stack(sa), torch.stack(al), albedo, background), caps
 
     def reference_colors(self) -> dict[str, tuple[float, float, float]]:
         """Mean rendered RGB (in [0, 1]) of each named colour over the object pixels of all views."""

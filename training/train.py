@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cfg-drop", type=float, default=0.15, help="probability of the empty caption")
     p.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR-gamma loss weighting; 0 disables")
     p.add_argument("--views-per-shape", type=int, default=800)
+    p.add_argument("--random-bg", type=float, default=0.0, help="probability of a random background colour")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=20)
@@ -134,7 +135,8 @@ def train(args: argparse.Namespace) -> int:
 
     # 3. Data
     t0 = time.time()
-    data = ProceduralDataset(seed=args.seed, views_per_shape=args.views_per_shape, cache_dir=args.data_cache)
+    data = ProceduralDataset(seed=args.seed, views_per_shape=args.views_per_shape,
+                             random_background_prob=args.random_bg, cache_dir=args.data_cache)
     _log(args.log, f"data: {len(data)} images ({args.views_per_shape} views/shape) ready in {time.time() - t0:.1f}s")
     n_unet = sum(p.numel() for p in unet.parameters())
     n_text = sum(p.numel() for p in text_encoder.parameters())

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from sjc_engine.cameras import spherical_camera, view_prompt
 from training import shapes
-from training.dataset import CAMERA, PALETTE, ProceduralDataset, nearest_color, render_shape, render_views
+from training.dataset import BACKGROUND, CAMERA, PALETTE, ProceduralDataset, nearest_color, render_shape, render_views
 from training.model import build_tokenizer, default_meta, vocabulary_words
 
 
@@ -97,6 +97,23 @@ def test_caption_equals_engine_view_prompt() -> None:
         cam = spherical_camera(float(vs.azimuth_deg[v]), float(vs.elevation_deg[v]), CAMERA.radius, 50.0, 8)
         assert d.caption("cone", "pink", v, bare=False) == view_prompt("a pink cone", cam)
     assert d.caption("cone", "pink", 0, bare=True) == "a pink cone"
+
+
+def test_random_backgrounds_replace_the_grey_only_behind_the_object() -> None:
+    kw = dict(seed=0, views_per_shape=4, size=16, shapes=["sphere"], color_jitter=0.0)
+    grey = ProceduralDataset(**kw).batch(16, torch.Generator().manual_seed(3))[0]
+    mixed = ProceduralDataset(**kw, random_background_prob=0.5).batch(16, torch.Generator().manual_seed(3))[0]
+    corner = mixed[:, :, 0, 0]  # (B, 3): background only (the sphere stays well inside the frame)
+    assert torch.allclose(grey[:, :, 0, 0], torch.tensor(BACKGROUND) * 2 - 1)
+    is_grey = torch.isclose(corner, torch.tensor(BACKGROUND) * 2 - 1).all(dim=1)  # (B,)
+    assert 0 < int(is_grey.sum()) < 16 and float(corner[~is_grey].std()) > 0.2  # some grey, the rest drawn colours
+    centre = (slice(None), slice(None), slice(6, 10), slice(6, 10))  # opaque sphere pixels
+    drawn = ProceduralDataset(**kw, random_background_prob=1.0)
+    a = drawn.batch(16, torch.Generator().manual_seed(3))[0]
+    b = ProceduralDataset(**kw).batch(16, torch.Generator().manual_seed(3))[0]
+    assert torch.allclose(a[centre], b[centre], atol=1e-6)  # same shapes, colours and views: only the background moved
+    with pytest.raises(ValueError, match="random_background_prob"):
+        ProceduralDataset(**kw, random_background_prob=1.5)
 
 
 def test_colours_are_distinct_and_recoverable() -> None:

@@ -89,6 +89,28 @@ def test_resume_gives_the_same_field(tmp_path, n_noise, var_red):
     assert same_field(full.field, resumed.field)
 
 
+def test_random_background_run_resumes_and_keeps_a_grey_texture(tmp_path):
+    """background="random": the views get drawn colours (a different field from the learned background's), the
+    texture stays the neutral grey renders of the result use, and a resumed run ends on the same field."""
+    import math
+
+    from sjc_engine.config import ConfigError
+    from sjc_engine.field import NEUTRAL_BACKGROUND
+
+    den = oracle()
+    cfg = small_config(steps=6, checkpoint_every=3, feature_activation="tanh", background="random", bg_lr=0.1)
+    rec = Recorder()
+    full = run_sjc(cfg, den, rec)
+    assert torch.allclose(full.field.bg, torch.full_like(full.field.bg, math.atanh(NEUTRAL_BACKGROUND)))
+    learned = run_sjc(dataclass_replace(cfg, background="learned"), den).field
+    assert not torch.equal(learned.density, full.field.density)
+    resumed = run_sjc(cfg, den, Recorder(), resume=load_checkpoint(save_checkpoint(rec.states[3], tmp_path / "s.pt")))
+    assert same_field(full.field, resumed.field)
+    with pytest.raises(ConfigError) as err:
+        small_config(background="random")  # identity features: latents have no flat colour to draw
+    assert err.value.field == "background"
+
+
 def test_checkpoint_is_a_snapshot():
     den = oracle()
     rec = Recorder()

@@ -168,3 +168,31 @@ def test_render_images_equals_one_render_per_view(skipping: bool) -> None:
     for g, p in zip(grads_each, field.parameters()):
         assert float(g.abs().max()) > 0
         assert torch.allclose(g, p.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_render_images_over_given_backgrounds() -> None:
+    """Flat per-view backgrounds replace the texture where the field is see-through, and take its gradient."""
+    torch.manual_seed(0)
+    field = VoxelField(grid_size=16, channels=3, density_shift=-5.0, feature_activation="tanh").double()
+    with torch.no_grad():
+        r = field.grid_points().norm(dim=-1)  # (N, N, N)
+        field.density[0] = 40.0 * (1 - r / 0.5).clamp(min=0)
+    cams = [spherical_camera(30.0, 20.0, 1.8, 50.0, 10), spherical_camera(200.0, 60.0, 1.8, 60.0, (8, 12))]
+    colours = torch.tensor([[0.9, -0.8, 0.1], [-0.5, 0.4, -1.0]], dtype=torch.float64, requires_grad=True)  # (V, C)
+    plain = render_images(field, cams, 1.0)
+    over = render_images(field, cams, 1.0, backgrounds=colours)
+    for cam, a, b, c in zip(cams, plain, over, colours):
+        _, dirs = cam.rays(dtype=torch.float64)
+        tex = field.background(dirs.reshape(-1, 3)).T.reshape(3, cam.height, cam.width)  # (C, H, W)
+        see_through = (1 - a.opacity)[None]  # (1, H, W)
+        assert float(see_through.min()) < 0.05 and float(see_through.max()) > 0.95  # an object and open sky
+        expected = a.image + see_through * (c[:, None, None] - tex)
+        assert torch.allclose(b.image, expected, atol=1e-12)
+        assert torch.equal(a.weights, b.weights) and torch.equal(a.depth, b.depth)
+    field.zero_grad()
+    torch.stack([o.image.sum() for o in over]).sum().backward()
+    assert field.bg.grad is None or float(field.bg.grad.abs().max()) == 0  # the texture is not in these images
+    for v, o in enumerate(over):
+        assert torch.allclose(colours.grad[v], (1 - o.opacity.detach()).sum().expand(3))
+    with pytest.raises(ValueError, match="backgrounds must be"):
+        render_images(field, cams, 1.0, backgrounds=colours[:1])
