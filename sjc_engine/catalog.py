@@ -52,6 +52,8 @@ class ModelInfo:
         vocabulary: for narrow models, ``{"colors": [...], "shapes": [...]}``; ``None`` accepts any prompt.
         defaults: SJCConfig settings the model recommends (applied under the caller's overrides).
         description: one line for ``GET /v1/models``.
+        cpu_threads: torch threads the model runs best with on a CPU (``cpu_threads`` in ``sjc_model.json``;
+            None: every usable core), see :mod:`sjc_engine.threads`.
     """
 
     name: str
@@ -60,6 +62,7 @@ class ModelInfo:
     vocabulary: dict[str, list[str]] | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    cpu_threads: int | None = None
 
     def check_prompt(self, prompt: str) -> str:
         """Return the prompt as the model takes it, or raise :class:`PromptError` if it cannot draw it.
@@ -112,6 +115,7 @@ def _info_from_path(name: str, path: Path) -> ModelInfo:
             vocabulary=meta.get("vocabulary"),
             defaults={**_unet_size_defaults(path), **meta.get("defaults", {})},
             description=meta.get("description", ""),
+            cpu_threads=_positive_int(meta.get("cpu_threads"), meta_path, "cpu_threads"),
         )
     index = path / "model_index.json"
     if not index.is_file() and not (path / "config.json").is_file():
@@ -119,6 +123,16 @@ def _info_from_path(name: str, path: Path) -> ModelInfo:
     kind: Literal["latent", "pixel"] = "latent" if (path / "vae").is_dir() else "pixel"
     return ModelInfo(name=name, path=path, kind=kind, defaults=_unet_size_defaults(path),
                      description=f"diffusers model at {path}")
+
+
+def _positive_int(value: Any, path: Path, key: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        from sjc_engine.denoisers.errors import ModelLoadError
+
+        raise ModelLoadError(path, f"{key} must be an integer >= 1, got {value!r}", root=path.parent)
+    return value
 
 
 def resolve_model(model: str, model_dirs: Sequence[str | Path] = (), allow_paths: bool = True) -> ModelInfo:

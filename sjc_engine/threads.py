@@ -6,8 +6,13 @@ machine spent 4.5x the CPU time per step of one. ``OMP_WAIT_POLICY=PASSIVE`` mak
 OpenMP reads it when torch loads its runtime, so :func:`apply_openmp_defaults` must run before the first
 ``import torch`` of the process: at the very top of an entry point (``sjc`` CLI, Celery worker).
 
-Torch threads: ``SJC_THREADS`` if set, else every core this process may run on (``os.sched_getaffinity``;
-torch's own default counts physical cores and ignores CPU sets), see :func:`set_torch_threads`.
+Torch threads: ``SJC_THREADS`` if set, else the model's recommendation (``cpu_threads`` in its
+``sjc_model.json``, :attr:`sjc_engine.catalog.ModelInfo.cpu_threads`) capped to the usable cores, else every core
+this process may run on (``os.sched_getaffinity``; torch's own default counts physical cores and ignores CPU sets),
+see :func:`set_torch_threads`. The embedded model recommends one: its operations are so small that waking a second
+thread for each costs more than it gains (measured: 48 ms a step at one thread, 60-63 ms at two, idle 2-core
+machine; bench/RESULTS.md "Threads for the embedded model"). A model-based default keeps a seeded run's bits
+independent of the machine's load (the thread count changes summation order).
 This module imports no torch at import time.
 """
 
@@ -28,8 +33,9 @@ def apply_openmp_defaults(environ: MutableMapping[str, str] = os.environ) -> dic
     return {key: environ[key] for key in OPENMP_DEFAULTS}
 
 
-def default_threads(environ: MutableMapping[str, str] = os.environ) -> int:
-    """``SJC_THREADS`` when set (an integer >= 1), else the number of cores this process may run on."""
+def default_threads(environ: MutableMapping[str, str] = os.environ, model_threads: int | None = None) -> int:
+    """``SJC_THREADS`` when set (an integer >= 1), else ``model_threads`` (a model's recommendation) capped to the
+    number of cores this process may run on, else that number."""
     raw = environ.get(ENV_THREADS)
     if raw:
         try:
@@ -40,16 +46,18 @@ def default_threads(environ: MutableMapping[str, str] = os.environ) -> int:
             raise ValueError(f"{ENV_THREADS} must be an integer >= 1, got {raw!r}")
         return n
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    return min(cores, max(1, int(model_threads))) if model_threads else cores
 
 
-def set_torch_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op threads to ``threads`` (default :func:`default_threads`); returns the count."""
+def set_torch_threads(threads: int | None = None, model_threads: int | None = None) -> int:
+    """Set torch's intra-op threads to ``threads`` (default :func:`default_threads` with the model's
+    recommendation ``model_threads``); returns the count."""
     import torch
 
-    n = default_threads() if threads is None else int(threads)
+    n = default_threads(model_threads=model_threads) if threads is None else int(threads)
     if n < 1:
         raise ValueError(f"threads must be >= 1, got {n}")
     torch.set_num_threads(n)

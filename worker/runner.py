@@ -159,10 +159,14 @@ def _run(ctx: WorkerContext, rec: JobRecord, keeper: LeaseKeeper, work_dir: Path
 
 
 def _denoiser(spec: RunSpec, ctx: WorkerContext) -> Any:
-    from sjc_engine.catalog import ModelNotFoundError
+    """The job's model, loaded or cached, with this process's torch threads set to what it recommends
+    (``SJC_THREADS`` still wins; :mod:`sjc_engine.threads`)."""
+    from sjc_engine.catalog import ModelNotFoundError, resolve_model
+    from sjc_engine.threads import set_torch_threads
 
     s = ctx.settings
     try:
+        set_torch_threads(model_threads=resolve_model(spec.model, s.model_dirs, allow_paths=False).cpu_threads)
         return get_denoiser(spec.model, s.worker_device, s.worker_half, s.model_dirs)
     except ModelNotFoundError as exc:  # the API found it; this worker's model folders do not have it
         log.error("job model not found on this worker: %s", exc)

@@ -184,7 +184,7 @@ def test_render_images_over_given_backgrounds() -> None:
     for cam, a, b, c in zip(cams, plain, over, colours):
         _, dirs = cam.rays(dtype=torch.float64)
         tex = field.background(dirs.reshape(-1, 3)).T.reshape(3, cam.height, cam.width)  # (C, H, W)
-        see_through = (1 - a.opacity)[None]  # (1, H, W)
+        see_through = (1 - a.opacity.detach())[None]  # (1, H, W)
         assert float(see_through.min()) < 0.05 and float(see_through.max()) > 0.95  # an object and open sky
         expected = a.image + see_through * (c[:, None, None] - tex)
         assert torch.allclose(b.image, expected, atol=1e-12)

@@ -22,6 +22,10 @@ def test_openmp_default_is_passive_and_a_user_choice_wins() -> None:
 def test_threads_from_the_environment_or_the_usable_cores() -> None:
     assert default_threads({ENV_THREADS: "3"}) == 3
     assert default_threads({}) == len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
+    assert default_threads({}, model_threads=1) == 1  # a model's recommendation, under SJC_THREADS
+    assert default_threads({}, model_threads=cores + 7) == cores
+    assert default_threads({ENV_THREADS: "3"}, model_threads=1) == 3
     for bad in ("0", "two", "-1"):
         with pytest.raises(ValueError, match=ENV_THREADS):
             default_threads({ENV_THREADS: bad})
@@ -47,3 +51,13 @@ def test_cli_sets_the_policy_before_torch_loads_and_the_threads_after() -> None:
     )
     assert _run(code) == "PASSIVE 1"
     assert _run(code.replace("'--threads', '1', ", ""), SJC_THREADS="2") == "PASSIVE 2"
+
+
+def test_cli_takes_the_models_thread_recommendation(tmp_path) -> None:
+    code = (
+        "import sjc_engine.cli as cli, torch\n"
+        f"cli.main(['sample2d', 'a red cube', '--out', {str(tmp_path)!r}, '--steps', '1'])\n"
+        "print('threads', torch.get_num_threads())\n"
+    )
+    assert _run(code).splitlines()[-1] == "threads 1"  # the embedded model's cpu_threads
+    assert _run(code, SJC_THREADS="2").splitlines()[-1] == "threads 2"
