@@ -9,7 +9,8 @@ occupied node in a 5 x 5 column of nodes through the centre).
     .venv/bin/python bench/bench_asset.py                          # default threads and wait policy
     .venv/bin/python bench/bench_asset.py --threads 1 2 --policy PASSIVE ACTIVE --prompts "a red cube"
 
-``--threads``: values for ``sjc generate --threads`` (``default``: no flag, i.e. every usable core);
+``--threads``: values for ``sjc generate --threads`` (``default``: no flag, i.e. every usable core, torch's share
+capped by the model's ``torch_threads``);
 ``--policy``: ``OMP_WAIT_POLICY`` values (``default``: the CLI's, PASSIVE). Run on an idle machine for the
 figure that counts; note the load (``uptime``) printed before and after either way.
 """

@@ -52,8 +52,8 @@ class ModelInfo:
         vocabulary: for narrow models, ``{"colors": [...], "shapes": [...]}``; ``None`` accepts any prompt.
         defaults: SJCConfig settings the model recommends (applied under the caller's overrides).
         description: one line for ``GET /v1/models``.
-        cpu_threads: torch threads the model runs best with on a CPU (``cpu_threads`` in ``sjc_model.json``;
-            None: every usable core), see :mod:`sjc_engine.threads`.
+        torch_threads: at most this many torch intra-op threads on a CPU (``torch_threads`` in
+            ``sjc_model.json``; None: as many as the run has), see :mod:`sjc_engine.threads`.
     """
 
     name: str
@@ -62,7 +62,7 @@ class ModelInfo:
     vocabulary: dict[str, list[str]] | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
-    cpu_threads: int | None = None
+    torch_threads: int | None = None
 
     def check_prompt(self, prompt: str) -> str:
         """Return the prompt as the model takes it, or raise :class:`PromptError` if it cannot draw it.
@@ -115,7 +115,7 @@ def _info_from_path(name: str, path: Path) -> ModelInfo:
             vocabulary=meta.get("vocabulary"),
             defaults={**_unet_size_defaults(path), **meta.get("defaults", {})},
             description=meta.get("description", ""),
-            cpu_threads=_positive_int(meta.get("cpu_threads"), meta_path, "cpu_threads"),
+            torch_threads=_positive_int(meta.get("torch_threads"), meta_path, "torch_threads"),
         )
     index = path / "model_index.json"
     if not index.is_file() and not (path / "config.json").is_file():

@@ -4,7 +4,8 @@ Settings not given on the command line come from the model's recommended default
 Ctrl-C stops a ``generate`` run cooperatively: it still writes ``field.pt`` and the resumable state.
 
 Threads: :func:`main` sets ``OMP_WAIT_POLICY=PASSIVE`` (unless set) before anything imports torch, and
-``--threads`` (default ``SJC_THREADS``, else the model's ``cpu_threads``, else every usable core) sets torch's threads;
+``--threads`` (default ``SJC_THREADS``, else every usable core) sets the run's threads, of which torch's
+intra-op threads are at most the model's ``torch_threads``; see :mod:`sjc_engine.threads`.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def _add_generate(sub: Any) -> None:
     p.add_argument("--texture-size", type=int, help="side of the mesh's base-colour texture in texels (default 1024)")
     p.add_argument("--display-size", type=int, help="height of the turntable video and thumbnail in pixels (default 256)")
     p.add_argument("--resume", type=Path, help="a resume/state.pt written by an earlier run (default: start fresh)")
-    p.add_argument("--threads", type=int, help="torch threads (default: SJC_THREADS, else the model's cpu_threads, else every usable core)")
+    p.add_argument("--threads", type=int,
+                   help="threads of the run (default: SJC_THREADS, else every usable core); torch "
+                        "uses at most the model's torch_threads of them")
     _describe_flags(p)
     p.set_defaults(func=cmd_generate)
 
@@ -142,7 +145,9 @@ def _add_sample2d(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--n-noise", type=int, default=1)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=int, help="torch threads (default: SJC_THREADS, else the model's cpu_threads, else every usable core)")
+    p.add_argument("--threads", type=int,
+                   help="threads of the run (default: SJC_THREADS, else every usable core); torch "
+                        "uses at most the model's torch_threads of them")
     p.set_defaults(func=cmd_sample2d)
 
 
@@ -230,13 +235,13 @@ def _version() -> str:
         return "unknown"
 
 
-def _model_threads(args: argparse.Namespace) -> int | None:
-    """The CPU threads the command's model recommends (None when it names none or cannot be found: the command
+def _model_torch_threads(args: argparse.Namespace) -> int | None:
+    """The torch threads the command's model recommends (None when it names none or cannot be found: the command
     itself then reports what is wrong)."""
     from sjc_engine.catalog import resolve_model
 
     try:
-        return resolve_model(args.model, args.model_dir).cpu_threads
+        return resolve_model(args.model, args.model_dir).torch_threads
     except (OSError, ValueError, RuntimeError):
         return None
 
@@ -246,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if hasattr(args, "threads"):
-            set_torch_threads(args.threads, model_threads=_model_threads(args))
+            set_torch_threads(args.threads, torch_threads=_model_torch_threads(args))
         return int(args.func(args) or 0)
     except (PromptError, ModelNotFoundError, ModelLoadError, ValueError) as e:  # one line, exit 2
         print(f"sjc: error: {e}", file=sys.stderr)

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from sjc_engine.native import kernel, native_supports, pointer_array
 from sjc_engine.occupancy import SkipRule
-from sjc_engine.parallel import MIN_SPLIT, run_jobs, split_rays
+from sjc_engine.parallel import MIN_SPLIT, run_jobs, split_rays, workers
 
 
 def corner_offsets(n: int) -> list[int]:
@@ -210,7 +210,7 @@ class _NativeTrilinear(torch.autograd.Function):
         R, C = start.shape[0], len(planes)
         ptr = (start.data_ptr(), delta.data_ptr(), counts.data_ptr())
         gp, arr = pointer_array(g_planes), pointer_array(planes)
-        if torch.get_num_threads() == 1 or R * k < MIN_SPLIT:
+        if workers() == 1 or R * k < MIN_SPLIT:
             fn(*ptr, 0, R, k, n, gp, 0, C, arr)
         elif C % 2 == 0:  # two threads on disjoint channels
             h = C // 2

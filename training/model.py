@@ -133,7 +133,7 @@ def default_meta(steps_trained: int = 0) -> dict[str, Any]:
             "small text-to-image pixel diffusion model (32x32) trained by this project on procedural renders: "
             "prompts 'a <colour> <shape>'"
         ),
-        "cpu_threads": 1,  # its operations are too small for a second thread to pay (sjc_engine/threads.py)
+        "torch_threads": 1,  # its operations are too small for a second torch thread to pay (sjc_engine/threads.py)
         "vocabulary": {"colors": list(PALETTE), "shapes": list(SHAPES)},
         "training": {"steps": steps_trained},
         "defaults": {

@@ -166,7 +166,7 @@ def _denoiser(spec: RunSpec, ctx: WorkerContext) -> Any:
 
     s = ctx.settings
     try:
-        set_torch_threads(model_threads=resolve_model(spec.model, s.model_dirs, allow_paths=False).cpu_threads)
+        set_torch_threads(torch_threads=resolve_model(spec.model, s.model_dirs, allow_paths=False).torch_threads)
         return get_denoiser(spec.model, s.worker_device, s.worker_half, s.model_dirs)
     except ModelNotFoundError as exc:  # the API found it; this worker's model folders do not have it
         log.error("job model not found on this worker: %s", exc)

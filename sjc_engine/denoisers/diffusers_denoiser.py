@@ -16,12 +16,14 @@ into ``D(x, sigma)``. Classifier-free guidance ``eps_u + s (eps_c - eps_u)`` bat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from sjc_engine.denoisers.base import Denoiser
+from sjc_engine.parallel import run_jobs, workers
 from sjc_engine.denoisers.vpve import (
     alphas_cumprod_float64, eps_to_denoised, nearest_tick, scale_input, sigmas_from_alphas_cumprod, v_to_eps,
 )
@@ -166,8 +168,20 @@ class DiffusersDenoiser(Denoiser):
         batch = cond.batch(x_in.shape[0])  # (B, L, D) each
         if guidance_scale == 1.0:
             return self._unet(x_in, t, batch.cond)
-        out = self._unet(torch.cat([x_in, x_in]), t, torch.cat([batch.uncond, batch.cond]))  # (2B, C, H, W)
-        out_u, out_c = out.chunk(2)
+        if x_in.device.type == "cpu" and workers() > torch.get_num_threads():
+            # threads the run has beyond torch's own (a small model's, sjc_engine/threads.py): the two branches
+            # side by side, each a batch of B (torch's kernels release the GIL)
+            outs: dict[str, Tensor] = {}
+
+            def branch(name: str, context: Tensor) -> None:
+                with torch.no_grad():
+                    outs[name] = self._unet(x_in, t, context)
+
+            run_jobs([partial(branch, "u", batch.uncond), partial(branch, "c", batch.cond)])
+            out_u, out_c = outs["u"], outs["c"]
+        else:
+            out = self._unet(torch.cat([x_in, x_in]), t, torch.cat([batch.uncond, batch.cond]))  # (2B, C, H, W)
+            out_u, out_c = out.chunk(2)
         return out_u + guidance_scale * (out_c - out_u)
 
     @torch.no_grad()

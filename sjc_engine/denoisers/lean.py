@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -489,6 +490,7 @@ class LeanUNet(nn.Module):
         self.num_upsamplers = n - 1
         self._ctx_cache: list[tuple[Tensor, tuple[Tensor | None, list[list[tuple[Tensor, Tensor]]]]]] = []
         self.trace = True  # see TRACE_AFTER
+        self._lock = threading.RLock()  # the context cache and the traces, for callers on two threads
         self._traces: dict[tuple[Any, ...], Any] = {}
         self._calls: dict[tuple[Any, ...], int] = {}
 
@@ -530,8 +532,12 @@ class LeanUNet(nn.Module):
 
         Kept for the last :attr:`CONTEXT_CACHE` distinct contexts, found by value (``torch.equal``, a few
         microseconds), so a caller that rebuilds the same guidance batch at every step, for a handful of view
-        prompts, computes them once each.
+        prompts, computes them once each. Safe to call from two threads (the guidance branches side by side).
         """
+        with self._lock:
+            return self._context_cache(context)
+
+    def _context_cache(self, context: Tensor) -> tuple[Tensor | None, list[list[tuple[Tensor, Tensor]]]]:
         for i, (seen, value) in enumerate(self._ctx_cache):
             if seen.shape == context.shape and seen.dtype == context.dtype and seen.device == context.device \
                     and torch.equal(seen, context):
@@ -566,11 +572,13 @@ class LeanUNet(nn.Module):
         if self.trace and torch.is_tensor(timestep) and not torch.is_grad_enabled():
             sig = (sample.shape, sample.dtype, sample.device, timestep.shape, timestep.dtype,
                    encoder_hidden_states.shape, encoder_hidden_states.dtype)
-            traced = self._traces.get(sig)
-            if traced is None:
-                self._calls[sig] = n = self._calls.get(sig, 0) + 1
-                if n >= self.TRACE_AFTER and len(self._traces) < self.MAX_TRACES:
-                    traced = self._traces[sig] = self._build_trace(sample, timestep, encoder_hidden_states, aug, kvs)
+            with self._lock:  # one trace per shape, also with two threads calling
+                traced = self._traces.get(sig)
+                if traced is None:
+                    self._calls[sig] = n = self._calls.get(sig, 0) + 1
+                    if n >= self.TRACE_AFTER and len(self._traces) < self.MAX_TRACES:
+                        traced = self._traces[sig] = self._build_trace(sample, timestep, encoder_hidden_states, aug,
+                                                                       kvs)
             if traced:
                 return traced(sample, timestep, encoder_hidden_states, *_flat(aug, kvs))
         return self.forward_cached(sample, timestep, encoder_hidden_states, aug, kvs)

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.optim.adamax import adamax as torch_adamax
 
 from sjc_engine.native import kernel, native_lib, native_supports
-from sjc_engine.parallel import run_jobs
+from sjc_engine.parallel import run_jobs, workers
 
 def fused_adamax_available() -> bool:
     """Whether the kernel may run: built with hardware FMA, and torch's CPU kernels vectorised (they fuse the
@@ -84,7 +84,7 @@ class FusedAdamax(torch.optim.Adamax):
                 clr = group["lr"] / (1 - beta1 ** steps[i].item())
                 fn, n = kernel("adamax", p.dtype), p.numel()
                 ptrs = [t.data_ptr() for t in tensors]
-                cuts = [0, n // 2, n] if torch.get_num_threads() > 1 else [0, n]
+                cuts = [0, n // 2, n] if workers() > 1 else [0, n]
                 run_jobs([partial(fn, *ptrs, a, b, 1 - beta1, beta2, group["eps"], -clr) for a, b in zip(cuts, cuts[1:])])
             if rest:
                 torch_adamax(

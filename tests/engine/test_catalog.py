@@ -50,14 +50,14 @@ def test_vocabulary(model_dir):
         info.check_prompt("a cow")
 
 
-def test_cpu_threads_recommendation(model_dir):
+def test_torch_threads_recommendation(model_dir):
     from sjc_engine.denoisers.errors import ModelLoadError
 
-    assert resolve_model("toy", [model_dir.parent]).cpu_threads is None  # none given: every usable core
-    assert resolve_model("embedded").cpu_threads == 1
+    assert resolve_model("toy", [model_dir.parent]).torch_threads is None  # none given: every usable core
+    assert resolve_model("embedded").torch_threads == 1
     meta = json.loads((model_dir / "sjc_model.json").read_text())
     for bad in (0, "2", 1.5, True):
-        (model_dir / "sjc_model.json").write_text(json.dumps({**meta, "cpu_threads": bad}))
-        with pytest.raises(ModelLoadError, match="cpu_threads must be an integer >= 1") as err:
+        (model_dir / "sjc_model.json").write_text(json.dumps({**meta, "torch_threads": bad}))
+        with pytest.raises(ModelLoadError, match="torch_threads must be an integer >= 1") as err:
             resolve_model("toy", [model_dir.parent])
         assert err.value.file.name == "sjc_model.json"

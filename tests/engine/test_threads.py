@@ -22,10 +22,6 @@ def test_openmp_default_is_passive_and_a_user_choice_wins() -> None:
 def test_threads_from_the_environment_or_the_usable_cores() -> None:
     assert default_threads({ENV_THREADS: "3"}) == 3
     assert default_threads({}) == len(os.sched_getaffinity(0))
-    cores = len(os.sched_getaffinity(0))
-    assert default_threads({}, model_threads=1) == 1  # a model's recommendation, under SJC_THREADS
-    assert default_threads({}, model_threads=cores + 7) == cores
-    assert default_threads({ENV_THREADS: "3"}, model_threads=1) == 3
     for bad in ("0", "two", "-1"):
         with pytest.raises(ValueError, match=ENV_THREADS):
             default_threads({ENV_THREADS: bad})
@@ -53,11 +49,24 @@ def test_cli_sets_the_policy_before_torch_loads_and_the_threads_after() -> None:
     assert _run(code.replace("'--threads', '1', ", ""), SJC_THREADS="2") == "PASSIVE 2"
 
 
-def test_cli_takes_the_models_thread_recommendation(tmp_path) -> None:
+def test_cli_caps_torch_threads_at_the_models_recommendation(tmp_path) -> None:
     code = (
-        "import sjc_engine.cli as cli, torch\n"
+        "import sjc_engine.cli as cli, sjc_engine.parallel as par, torch\n"
         f"cli.main(['sample2d', 'a red cube', '--out', {str(tmp_path)!r}, '--steps', '1'])\n"
-        "print('threads', torch.get_num_threads())\n"
+        "print('threads', torch.get_num_threads(), par.workers())\n"
     )
-    assert _run(code).splitlines()[-1] == "threads 1"  # the embedded model's cpu_threads
-    assert _run(code, SJC_THREADS="2").splitlines()[-1] == "threads 2"
+    assert _run(code, SJC_THREADS="2").splitlines()[-1] == "threads 1 2"  # the embedded model's torch_threads: 1
+    assert _run(code, SJC_THREADS="1").splitlines()[-1] == "threads 1 1"
+    other = code.replace("'--steps', '1'", "'--steps', '0', '--model', '/nonexistent/model'")
+    assert _run(other, SJC_THREADS="2").splitlines()[-1] == "threads 2 2"  # no recommendation: torch takes all
+
+
+def test_set_torch_threads_splits_the_run_between_torch_and_the_pool() -> None:
+    code = (
+        "import torch, sjc_engine.parallel as par\n"
+        "from sjc_engine.threads import set_torch_threads\n"
+        "print(set_torch_threads(3, torch_threads=1), torch.get_num_threads(), par.workers())\n"
+        "print(set_torch_threads(2), torch.get_num_threads(), par.workers())\n"
+        "print(set_torch_threads(2, torch_threads=8), torch.get_num_threads(), par.workers())\n"
+    )
+    assert _run(code).splitlines() == ["1 1 3", "2 2 2", "2 2 2"]
