@@ -1,6 +1,6 @@
 """Make docs/hero.png, the README's picture, from the quality bench's assets (no new SJC runs).
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_quality.py --one-per-shape   # writes .sjc/bench_assets/
+    .venv/bin/python bench/bench_quality.py --one-per-shape   # writes .sjc/bench_assets/
     .venv/bin/python docs/make_hero.py
 
 Each row is one prompt of the bench (the embedded model's default settings): its ``thumbnail.png`` (the field
