@@ -66,12 +66,11 @@ class SJCConfig:
         lr: Adamax learning rate of the grids (reference: 0.05).
         bg_lr: learning rate of the background texture (reference: 1e-4).
         background: what the scored views are composited over: ``"learned"`` (the field's background
-            texture, the reference) or ``"random"`` (each view a flat colour drawn uniformly from [-1, 1]^C,
-            new every step, for pixel models with ``feature_activation="tanh"``; a fresh field's texture is then
-            a flat grey, :data:`sjc_engine.field.NEUTRAL_BACKGROUND`, left alone, and renders of the result use
-            it). A sheet of the field that
-            a learned background can hide (it takes the background's colour) shows against a random one, so
-            only what the model sees as the object keeps its density.
+            texture, the reference) or ``"random"`` (each view a flat colour drawn uniformly from [-1, 1]^C, new
+            every step; for pixel models, ``feature_activation="tanh"``). With ``"random"`` the field's texture is
+            set to a flat grey (:data:`sjc_engine.field.NEUTRAL_BACKGROUND`, unless resuming) and left alone;
+            renders of the result (previews, video, thumbnail) show it. A sheet of the field that a learned
+            background can hide (by taking its colour) shows against a random one.
         emptiness_scale: beta in ``log(1 + beta * w)`` (reference: 10).
         emptiness_weight: emptiness loss weight in the first stage (reference: 1e4).
         emptiness_multiplier: factor on the weight in the second stage (reference: 20).

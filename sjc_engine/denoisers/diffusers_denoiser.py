@@ -23,10 +23,10 @@ import torch
 from torch import Tensor
 
 from sjc_engine.denoisers.base import Denoiser
-from sjc_engine.parallel import run_jobs, workers
 from sjc_engine.denoisers.vpve import (
     alphas_cumprod_float64, eps_to_denoised, nearest_tick, scale_input, sigmas_from_alphas_cumprod, v_to_eps,
 )
+from sjc_engine.parallel import run_jobs, workers
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 

@@ -248,3 +248,36 @@ def test_prompt_embeddings_are_computed_once_per_prompt(tiny_pixel_dir):
             den.encode_prompt(f"{view} view of a red cube")
         den.encode_prompts(["front view of a red cube", "side view of a red cube"])
     assert len(seen) == 5  # four view prompts and the empty one
+
+
+def test_guidance_branches_side_by_side_give_the_batched_output(tiny_pixel_dir, monkeypatch):
+    """With threads beyond torch's own (sjc_engine.threads), the uncond and cond branches run on two threads:
+    the same guided output as the one (2B)-batch call, also once the UNet has traced itself from both threads."""
+    from sjc_engine import parallel
+
+    den = load_from_path(tiny_pixel_dir)
+    den.unet.TRACE_AFTER = 4
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    conds = [den.encode_prompt(p) for p in ("a red cube", "front view of a blue torus")]
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    calls = [(0.2 + 0.3 * i, conds[i % 2]) for i in range(6)]
+    sizes: list[int] = []
+    real = den._unet
+
+    def counting(x_in, t, context):
+        sizes.append(x_in.shape[0])
+        return real(x_in, t, context)
+
+    try:
+        parallel.set_workers(1)
+        batched = [den.denoise(x, s, c, guidance_scale=5.0) for s, c in calls]
+        monkeypatch.setattr(den, "_unet", counting)
+        parallel.set_workers(2)
+        side_by_side = [den.denoise(x, s, c, guidance_scale=5.0) for s, c in calls]
+    finally:
+        parallel.set_workers(None)
+    assert sizes == [3] * (2 * len(calls))  # two calls of batch B per step, none of 2B
+    traced = sorted(sig[0][0] for sig, t in den.unet._traces.items() if t)
+    assert traced == [3, 6]  # the 2B batch, then the B-sized branches once (whichever thread got there first)
+    for a, b in zip(batched, side_by_side):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # to rounding (kernels differ by batch size), x5 guidance
