@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 SigmaSchedule = Literal["random", "annealed"]
 Background = Literal["learned", "random"]
@@ -168,7 +168,7 @@ class SJCConfig:
             ("texture_size", 64 <= self.texture_size <= 8192),
             ("device", self.device in ("auto", "cpu", "cuda")),
             ("feature_activation", self.feature_activation in ("identity", "tanh")),
-            ("background", self.background in ("learned", "random")),
+            ("background", self.background in get_args(Background)),
         ]
         if self.sigma_min is not None and self.sigma_max is not None:
             checks.append(("sigma_min", 0 < self.sigma_min < self.sigma_max))

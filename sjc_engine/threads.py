@@ -13,7 +13,7 @@ intra-op threads are capped by the model's recommendation (``torch_threads`` in 
 :mod:`sjc_engine.parallel` (the native kernels' halves and the two guidance branches of the denoiser, side by
 side). The embedded model recommends one torch thread: its operations are so small that waking a second thread
 for each costs more than it gains, while its two guidance branches on two threads do pay (measured on an idle
-2-core machine: 48 ms a step with one torch thread, 60-63 ms with two, and the guided UNet call 18 ms against 25 ms
+2-core machine: 48 ms a step with one torch thread, 60-68 ms with two, and the guided UNet call 18 ms against 25 ms
 with the branches side by side; bench/RESULTS.md, "Embedded model v2: random backgrounds"). The counts depend on
 the settings and the model only, never on the machine's load, so a seeded run's bits do not either (torch's thread
 count changes summation order).
