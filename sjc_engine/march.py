@@ -110,6 +110,7 @@ def fused_supported(field: VoxelField, *tensors: Tensor) -> bool:
     lib = native_lib()
     return (
         field.channels <= lib.march_max_channels()
+        and field.grid_size**3 < 2**31  # march.c's flat node indices are 32-bit
         and type(field).activate is VoxelField.activate
         and type(field).activate_features is VoxelField.activate_features
     )
@@ -192,6 +193,7 @@ class _FusedRender(torch.autograd.Function):
         ctx.save_for_backward(w, raw, fs, bgc, opacity)
         ctx.rays, ctx.cfg, ctx.scale = rays, cfg, scale
         ctx.mark_non_differentiable(stats)
+        ctx.set_materialize_grads(False)  # unused outputs' gradients stay None (no zero (n, K) weights gradient)
         return feat, depth, opacity, w, stats
 
     @staticmethod

@@ -34,7 +34,7 @@
 #define FN_(a, b) FN_CAT(a, b)
 #define FN(name) FN_(name, SUF)
 #define MARCH_DENSITY 1  /* march_bwd: the density path (compositing backward, density and d_scale gradients) */
-#define BLOCK 16       /* live samples looked up before they are composited */
+#define BLOCK 64       /* live samples looked up before they are composited */
 #define MARCH_FEATURES 2 /* march_bwd: the feature gradients */
 
 int march_max_channels(void) { return MAXC; }
@@ -151,17 +151,53 @@ static inline int FN(m_occupied)(const T* x3, int64_t n, const uint8_t* occ, int
     return occ[(coarse[c[0]] * g + coarse[c[1]]) * g + coarse[c[2]]];
 }
 
-/* Raw features f (C,) at a point of cell base with trilinear weights w (a corner shared with the last sample is
+/* sum_q w[q][k] p[o[q]] over a cell's 8 corners (weights of sample k of a block), summed as a tree (a chain of 8
+   dependent FMAs was the forward's critical path). */
+static inline T FN(m_tri8)(const T (*w)[8], int64_t k, const T* p, const int64_t* o) {
+    const T a = w[k][0] * p[o[0]] + w[k][1] * p[o[1]], b = w[k][2] * p[o[2]] + w[k][3] * p[o[3]];
+    const T c = w[k][4] * p[o[4]] + w[k][5] * p[o[5]], d = w[k][6] * p[o[6]] + w[k][7] * p[o[7]];
+    return (a + b) + (c + d);
+}
+
+/* Cells (their lower node's flat index, base[k]) and trilinear weights (w[q][k], corner q = 4a + 2b + c at
+   base + a n^2 + b n + c) of the samples start + idx[k] delta (index coordinates) for k < nb, with corner()'s
+   clamping; bad[k] = 1 for a NaN point (its cell and weights are then those of the origin, unused). Branch-free
+   and in 32-bit integers, so the compiler vectorises it (n^3 < 2^31: fused_supported checks). */
+static inline void FN(m_corners)(const T* s, const T* d, const int32_t* idx, int64_t nb, int32_t n, int32_t* base,
+                                 T (*w)[8], int32_t* bad) {
+    const T top = (T)(n - 1);
+    for (int64_t k = 0; k < nb; ++k) {
+        const T fi = (T)idx[k];
+        T f[3];
+        int32_t c[3], nan = 0;
+        for (int a = 0; a < 3; ++a) {
+            T x = s[a] + fi * d[a];
+            nan |= x != x;
+            x = x != x ? 0 : x;
+            x = x < 0 ? 0 : x;
+            x = x > top ? top : x;
+            int32_t i = (int32_t)x; /* floor, x >= 0 */
+            i = i > n - 2 ? n - 2 : i;
+            c[a] = i;
+            f[a] = x - (T)i;
+        }
+        base[k] = (c[0] * n + c[1]) * n + c[2];
+        bad[k] = nan;
+        const T gx = 1 - f[0], gy = 1 - f[1], gz = 1 - f[2];
+        const T xy[4] = {gx * gy, gx * f[1], f[0] * gy, f[0] * f[1]};
+        for (int j = 0; j < 4; ++j) {
+            w[k][2 * j] = xy[j] * gz;
+            w[k][2 * j + 1] = xy[j] * f[2];
+        }
+    }
+}
+
+/* Raw features f (C,) of sample k of a block (cell base, weights w[q][k]; a corner shared with the last sample is
    still in L1: no copy of the cell's values pays off); march_fwd activates a block's at once. */
-static inline void FN(m_features)(const FN(field_t)* F, int64_t base, const T* w, T* f) {
+static inline void FN(m_features)(const FN(field_t)* F, int64_t base, const T (*w)[8], int64_t k, T* f) {
     const int64_t n = F->n, nn = n * n;
     const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
-    for (int64_t c = 0; c < F->C; ++c) {
-        const T* p = F->feats[c] + base;
-        T s = 0;
-        for (int q = 0; q < 8; ++q) s += w[q] * p[o[q]];
-        f[c] = s;
-    }
+    for (int64_t c = 0; c < F->C; ++c) f[c] = FN(m_tri8)(w, k, F->feats[c] + base, o);
 }
 
 /* Prefetches the cache lines of the cell at base (its 8 corners: 4 z-pairs) in the planes P (c < C). */
@@ -246,8 +282,7 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
     /* a block of live samples (the next BLOCK not in empty cells): looked up first (independent loads), then their
        thickness (vectorised), then composited in order */
     T braw[BLOCK], btau[BLOCK], bem[BLOCK], bcw[BLOCK][8], bfeat[BLOCK * MAXC];
-    int64_t bbase[BLOCK], bi[BLOCK];
-    int8_t bnan[BLOCK]; /* 1: a NaN point (reads NaN) */
+    int32_t bbase[BLOCK], bi[BLOCK], bnan[BLOCK]; /* bnan 1: a NaN point (reads NaN) */
     for (int64_t jj = j0; jj < j1; ++jj) {
         const int64_t j = Rs->order ? Rs->order[jj] : jj;
         const int64_t m = Rs->kept[j], off = j * K + (Rs->first ? Rs->first[j] : 0), r = Rs->ray[j];
@@ -263,27 +298,24 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
         for (int64_t c = 0; c < C; ++c) rgb[c] = 0;
         for (int64_t i = 0; i < m && !stopped;) {
             int64_t nl = 0;
-            for (; i < m && nl < BLOCK; ++i) { /* cells and weights of the next live samples */
-                const T x[3] = {s[0] + (T)i * d[0], s[1] + (T)i * d[1], s[2] + (T)i * d[2]};
-                if (F->occ && !FN(m_occupied)(x, n, F->occ, F->g, F->coarse)) continue;
-                int64_t b = 0, cell[3];
-                bi[nl] = i;
-                braw[nl] = NAN;
-                bnan[nl] = !FN(corner)(x, n, &b, bcw[nl], cell);
-                bbase[nl] = b;
-                if (!bnan[nl] && b != pcell) { /* the cell's density lines on their way while we go on */
-                    FN(m_prefetch)(&F->density, 1, b, o, 0);
-                    pcell = b;
+            if (F->occ) {
+                for (; i < m && nl < BLOCK; ++i) { /* the next live samples */
+                    const T x[3] = {s[0] + (T)i * d[0], s[1] + (T)i * d[1], s[2] + (T)i * d[2]};
+                    if (FN(m_occupied)(x, n, F->occ, F->g, F->coarse)) bi[nl++] = (int32_t)i;
                 }
-                ++nl;
+            } else {
+                for (; i < m && nl < BLOCK; ++i) bi[nl++] = (int32_t)i;
             }
-            for (int64_t k = 0; k < nl; ++k) { /* their raw density */
-                if (bnan[k]) continue;
-                const T* dp = F->density + bbase[k];
-                T rv = 0;
-                for (int q = 0; q < 8; ++q) rv += bcw[k][q] * dp[o[q]];
-                braw[k] = rv;
+            FN(m_corners)(s, d, bi, nl, (int32_t)n, bbase, bcw, bnan); /* their cells and weights */
+            for (int64_t k = 0; k < nl; ++k) { /* the cells' density lines on their way while we go on */
+                braw[k] = NAN;
+                if (!bnan[k] && bbase[k] != pcell) {
+                    FN(m_prefetch)(&F->density, 1, bbase[k], o, 0);
+                    pcell = bbase[k];
+                }
             }
+            for (int64_t k = 0; k < nl; ++k) /* their raw density */
+                if (!bnan[k]) braw[k] = FN(m_tri8)(bcw, k, F->density + bbase[k], o);
             FN(m_thickness)(braw, nl, F->scale, F->shift, F->step, btau, bem);
             for (int64_t k = 0; k < nl; ++k) /* features lines of the samples that may count (w <= tau) */
                 if (!bnan[k] && btau[k] >= F->thr && bbase[k] != fcell) {
@@ -291,7 +323,7 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
                     fcell = bbase[k];
                 }
             for (int64_t k = 0; k < nl; ++k) { /* their features (independent loads), then activated together */
-                if (!bnan[k] && btau[k] >= F->thr) FN(m_features)(F, bbase[k], bcw[k], bfeat + k * C);
+                if (!bnan[k] && btau[k] >= F->thr) FN(m_features)(F, bbase[k], bcw, k, bfeat + k * C);
                 else
                     for (int64_t c = 0; c < C; ++c) bfeat[k * C + c] = 0;
             }
@@ -367,7 +399,8 @@ static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0
     const int64_t n = F->n, nn = n * n, C = F->C, K = Rs->K;
     const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
     const int dens = (parts & MARCH_DENSITY) != 0, feat = (parts & MARCH_FEATURES) != 0;
-    T facc[MAXC][8], dacc[1][8];
+    T facc[MAXC][8], dacc[1][8], bcw[BLOCK][8];
+    int32_t bi[BLOCK], bbase[BLOCK], bnan[BLOCK];
     T* const gd[1] = {g_density};
     for (int64_t c = 0; c < C; ++c)
         for (int q = 0; q < 8; ++q) facc[c][q] = 0;
@@ -414,43 +447,51 @@ static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0
             }
             FN(m_sigmoid)(rr, m, F->scale, F->shift, sg); /* garbage where w == 0, unused there */
         }
-        /* scatter, in order: density (every sample with w != 0), features (w >= thr) */
+        /* scatter, in order: density (every sample with w != 0), features (w >= thr); a block of samples' cells
+           and weights at once (vectorised) */
         int64_t cur = -1;
         int fdirty = 0; /* facc holds something to flush */
         double gds = 0;
-        for (int64_t i = 0; i < m; ++i) {
-            const T wi = wr[i];
-            if (wi == 0) continue;
-            const int shade = feat && wi >= F->thr;
-            if (!dens && !shade) continue;
-            const T x[3] = {s[0] + (T)i * d[0], s[1] + (T)i * d[1], s[2] + (T)i * d[2]};
-            int64_t b = 0, cell[3];
-            T cw[8] = {0};
-            const int ok = FN(corner)(x, n, &b, cw, cell);
-            if (ok && b != cur) {
-                if (cur >= 0) {
-                    if (dens) FN(m_flush)(gd, 1, cur, o, dacc);
-                    if (fdirty) FN(m_flush)(g_features, C, cur, o, facc);
+        for (int64_t i0 = 0; i0 < m; i0 += BLOCK) {
+            const int64_t i1 = i0 + BLOCK < m ? i0 + BLOCK : m;
+            int64_t nb = 0;
+            for (int64_t i = i0; i < i1; ++i) /* samples with something to scatter */
+                if (wr[i] != 0 && (dens || wr[i] >= F->thr)) bi[nb++] = (int32_t)i;
+            FN(m_corners)(s, d, bi, nb, (int32_t)n, bbase, bcw, bnan);
+            for (int64_t k = 0, pc = cur; k < nb; ++k) /* the lines the flushes will write, on their way */
+                if (!bnan[k] && bbase[k] != pc) {
+                    pc = bbase[k];
+                    if (dens) FN(m_prefetch)((const T* const*)gd, 1, pc, o, 1);
+                    if (feat && wr[bi[k]] >= F->thr) FN(m_prefetch)((const T* const*)g_features, C, pc, o, 1);
                 }
-                cur = b;
-                fdirty = 0;
-                if (dens) FN(m_prefetch)((const T* const*)gd, 1, b, o, 1); /* the lines the flush will write */
-                if (shade) FN(m_prefetch)((const T* const*)g_features, C, b, o, 1);
-            }
-            if (dens) {
-                const T gz = sa[i] * F->step * sg[i];
-                gds += (double)gz * (double)rr[i];
-                const T gr = gz * F->scale;
-                if (ok)
-                    for (int q = 0; q < 8; ++q) dacc[0][q] += cw[q] * gr;
-            }
-            if (shade && ok) {
-                fdirty = 1;
-                const T* f = fs + (off + i) * C;
-                for (int64_t c = 0; c < C; ++c) {
-                    T gf = wi * grgb[c];
-                    if (F->tanh_act) gf *= 1 - f[c] * f[c];
-                    for (int q = 0; q < 8; ++q) facc[c][q] += cw[q] * gf;
+            for (int64_t k = 0; k < nb; ++k) {
+                const int64_t i = bi[k], b = bbase[k];
+                const T wi = wr[i];
+                const int shade = feat && wi >= F->thr, ok = !bnan[k];
+                const T* cw = bcw[k];
+                if (ok && b != cur) {
+                    if (cur >= 0) {
+                        if (dens) FN(m_flush)(gd, 1, cur, o, dacc);
+                        if (fdirty) FN(m_flush)(g_features, C, cur, o, facc);
+                    }
+                    cur = b;
+                    fdirty = 0;
+                }
+                if (dens) {
+                    const T gz = sa[i] * F->step * sg[i];
+                    gds += (double)gz * (double)rr[i];
+                    const T gr = gz * F->scale;
+                    if (ok)
+                        for (int q = 0; q < 8; ++q) dacc[0][q] += cw[q] * gr;
+                }
+                if (shade && ok) {
+                    fdirty = 1;
+                    const T* f = fs + (off + i) * C;
+                    for (int64_t c = 0; c < C; ++c) {
+                        T gf = wi * grgb[c];
+                        if (F->tanh_act) gf *= 1 - f[c] * f[c];
+                        for (int q = 0; q < 8; ++q) facc[c][q] += cw[q] * gf;
+                    }
                 }
             }
         }
