@@ -192,6 +192,24 @@ static inline void FN(m_corners)(const T* s, const T* d, const int32_t* idx, int
     }
 }
 
+/* Cells (base[k], as m_corners's) of the samples start + (i0 + k) delta for k < nb (a NaN point: the origin's). */
+static inline void FN(m_bases)(const T* s, const T* d, int64_t i0, int64_t nb, int32_t n, int32_t* base) {
+    const T top = (T)(n - 1);
+    for (int64_t k = 0; k < nb; ++k) {
+        const T fi = (T)(int32_t)(i0 + k);
+        int32_t c[3];
+        for (int a = 0; a < 3; ++a) {
+            T x = s[a] + fi * d[a];
+            x = x != x ? 0 : x;
+            x = x < 0 ? 0 : x;
+            x = x > top ? top : x;
+            int32_t i = (int32_t)x;
+            c[a] = i > n - 2 ? n - 2 : i;
+        }
+        base[k] = (c[0] * n + c[1]) * n + c[2];
+    }
+}
+
 /* Raw features f (C,) of sample k of a block (cell base, weights w[q][k]; a corner shared with the last sample is
    still in L1: no copy of the cell's values pays off); march_fwd activates a block's at once. */
 static inline void FN(m_features)(const FN(field_t)* F, int64_t base, const T (*w)[8], int64_t k, T* f) {
@@ -282,7 +300,7 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
     /* a block of live samples (the next BLOCK not in empty cells): looked up first (independent loads), then their
        thickness (vectorised), then composited in order */
     T braw[BLOCK], btau[BLOCK], bem[BLOCK], bcw[BLOCK][8], bfeat[BLOCK * MAXC];
-    int32_t bbase[BLOCK], bi[BLOCK], bnan[BLOCK]; /* bnan 1: a NaN point (reads NaN) */
+    int32_t bbase[BLOCK], bi[BLOCK], bnan[BLOCK], ahead[BLOCK]; /* bnan 1: a NaN point (reads NaN) */
     for (int64_t jj = j0; jj < j1; ++jj) {
         const int64_t j = Rs->order ? Rs->order[jj] : jj;
         const int64_t m = Rs->kept[j], off = j * K + (Rs->first ? Rs->first[j] : 0), r = Rs->ray[j];
@@ -293,8 +311,8 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
         T* wr = w + off;
         T* rr = raw + off;
         T trans = 1, dep = 0;
-        int64_t looked = 0, shaded = 0, pcell = -1, fcell = -1;
-        int stopped = 0;
+        int64_t looked = 0, shaded = 0, pcell = -1;
+        int stopped = 0, first_block = 1;
         for (int64_t c = 0; c < C; ++c) rgb[c] = 0;
         for (int64_t i = 0; i < m && !stopped;) {
             int64_t nl = 0;
@@ -307,21 +325,28 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
                 for (; i < m && nl < BLOCK; ++i) bi[nl++] = (int32_t)i;
             }
             FN(m_corners)(s, d, bi, nl, (int32_t)n, bbase, bcw, bnan); /* their cells and weights */
-            for (int64_t k = 0; k < nl; ++k) { /* the cells' density lines on their way while we go on */
-                braw[k] = NAN;
-                if (!bnan[k] && bbase[k] != pcell) {
-                    FN(m_prefetch)(&F->density, 1, bbase[k], o, 0);
-                    pcell = bbase[k];
-                }
+            if (first_block || F->occ) /* their lines on their way (without skipping, later blocks' lines are
+                                          prefetched a block ahead, below) */
+                for (int64_t k = 0; k < nl; ++k)
+                    if (!bnan[k] && bbase[k] != pcell) {
+                        FN(m_prefetch)(&F->density, 1, bbase[k], o, 0);
+                        FN(m_prefetch)(F->feats, C, bbase[k], o, 0);
+                        pcell = bbase[k];
+                    }
+            first_block = 0;
+            if (!F->occ && i < m) { /* the next block's lines while this one is worked on */
+                const int64_t na = m - i < BLOCK ? m - i : BLOCK;
+                FN(m_bases)(s, d, i, na, (int32_t)n, ahead);
+                for (int64_t k = 0; k < na; ++k)
+                    if (ahead[k] != pcell) {
+                        FN(m_prefetch)(&F->density, 1, ahead[k], o, 0);
+                        FN(m_prefetch)(F->feats, C, ahead[k], o, 0);
+                        pcell = ahead[k];
+                    }
             }
             for (int64_t k = 0; k < nl; ++k) /* their raw density */
-                if (!bnan[k]) braw[k] = FN(m_tri8)(bcw, k, F->density + bbase[k], o);
+                braw[k] = bnan[k] ? NAN : FN(m_tri8)(bcw, k, F->density + bbase[k], o);
             FN(m_thickness)(braw, nl, F->scale, F->shift, F->step, btau, bem);
-            for (int64_t k = 0; k < nl; ++k) /* features lines of the samples that may count (w <= tau) */
-                if (!bnan[k] && btau[k] >= F->thr && bbase[k] != fcell) {
-                    FN(m_prefetch)(F->feats, C, bbase[k], o, 0);
-                    fcell = bbase[k];
-                }
             for (int64_t k = 0; k < nl; ++k) { /* their features (independent loads), then activated together */
                 if (!bnan[k] && btau[k] >= F->thr) FN(m_features)(F, bbase[k], bcw, k, bfeat + k * C);
                 else
