@@ -3,8 +3,8 @@
 Each run is the installed CLI in a fresh process (model load, SJC, field, video, mesh, previews), timed from
 start to exit, with the default settings unless ``--extra`` adds flags. Beside the time, the run's field is
 scored like ``bench/bench_quality.py`` does: IoU of the occupancy at the mesh threshold against the analytic
-shape (best of 24 yaw angles), which shape it matches best, and for a torus whether its hole is open (no
-occupied node in a 5 x 5 column of nodes through the centre).
+shape (best of 24 yaw angles), the same for the solid the mesh export takes, which shape it matches best, and
+for a torus whether its hole is open (no occupied node in a 5 x 5 column of nodes through the centre).
 
     .venv/bin/python bench/bench_asset.py                          # default threads and wait policy
     .venv/bin/python bench/bench_asset.py --threads 1 2 --policy PASSIVE ACTIVE --prompts "a red cube"
@@ -42,10 +42,14 @@ def sjc_command() -> list[str]:
 
 
 def score(field_path: Path, prompt: str) -> dict:
-    """IoU against the prompt's shape, the best-matching shape, and (torus) whether the hole is open."""
+    """IoU against the prompt's shape (field and exported solid), the best-matching shape, and (torus) whether the
+    hole is open."""
+    import torch
+
+    from sjc_engine.export.mesh import solid_occupancy
     from sjc_engine.field import VoxelField
     from sjc_engine.pipeline import build_config
-    from training.metrics import yaw_iou
+    from training.metrics import torus_hole_open, yaw_iou
     from training.shapes import SHAPES
 
     shape = prompt.split()[-1]
@@ -53,9 +57,10 @@ def score(field_path: Path, prompt: str) -> dict:
     field = VoxelField.load(field_path)
     occ = field.occupancy(config.mesh_threshold)
     ious = {s: yaw_iou(occ, field.grid_points(), s)[0] for s in SHAPES}
-    c = field.grid_size // 2
-    hole = bool(occ[c - 2 : c + 3, :, c - 2 : c + 3].sum() == 0) if shape == "torus" else None
-    return {"iou": round(ious[shape], 3), "best_match": max(ious, key=ious.get), "hole_open": hole}
+    solid = torch.from_numpy(solid_occupancy(field, config.mesh_threshold))
+    hole = torus_hole_open(occ) if shape == "torus" else None
+    return {"iou": round(ious[shape], 3), "solid_iou": round(yaw_iou(solid, field.grid_points(), shape)[0], 3),
+            "best_match": max(ious, key=ious.get), "hole_open": hole}
 
 
 def run_one(prompt: str, threads: str, policy: str, seed: int, extra: list[str]) -> dict:

@@ -3,7 +3,8 @@
 For each prompt of ``bench/bench_quality.py`` it runs ``run_sjc`` with the model's defaults plus the overrides
 given as ``key=value`` (any :class:`~sjc_engine.config.SJCConfig` field; ``model=PATH`` picks other weights) and
 scores the field: IoU at the mesh threshold against every analytic shape (best of 24 yaw angles), whether the
-prompt's shape is the best match, for a torus whether the hole is open (no occupied node in a 5 x 5 column of
+prompt's shape is the best match, the IoU of the solid the mesh export takes (``solid_occupancy``: small pieces
+dropped, enclosed cavities filled; a hollow shell counts as its filled volume), for a torus whether the hole is open (no occupied node in a 5 x 5 column of
 nodes through the centre), and the colour as ``bench_quality.py`` judges it. Faster than the full bench (no
 mesh, video or texture), so settings and weights can be compared side by side on a busy machine.
 
@@ -11,6 +12,7 @@ mesh, video or texture), so settings and weights can be compared side by side on
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json steps=400 model=.sjc/embedded_v2
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json seed=1 smooth_weight=0   # another seed (default 0)
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json seeds=0,1,2   # every prompt with each seed
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json shapes=torus,cube   # only these prompts
 
 With ``seeds=`` the summary pools every (prompt, seed) run (median and worst IoU over all of them, counts out of
 all of them) and adds each seed's median.
@@ -32,16 +34,21 @@ PROMPTS = [("cube", "red"), ("cube", "cyan"), ("sphere", "green"), ("sphere", "p
            ("cone", "blue"), ("cylinder", "orange"), ("cylinder", "pink"), ("torus", "blue"), ("torus", "red")]
 
 
-def parse_overrides(items: list[str]) -> tuple[str, list[int], dict]:
-    """``key=value`` strings to (model, seeds, SJCConfig overrides typed like the config's defaults)."""
+def parse_overrides(items: list[str]) -> tuple[str, list[int], list[tuple[str, str]], dict]:
+    """``key=value`` strings to (model, seeds, prompts, SJCConfig overrides typed like the config's defaults)."""
     from sjc_engine.config import SJCConfig
 
-    model, seeds, kw = "embedded", [0], {}
+    model, seeds, prompts, kw = "embedded", [0], PROMPTS, {}
     defaults = SJCConfig(prompt="x")
     for item in items:
         key, _, value = item.partition("=")
         if key == "model":
             model = value
+            continue
+        if key == "shapes":
+            prompts = [p for p in PROMPTS if p[0] in value.split(",")]
+            if not prompts:
+                raise SystemExit(f"no bench prompt has a shape among {value!r}")
             continue
         if key in ("seed", "seeds"):
             seeds = [int(v) for v in value.split(",")]
@@ -50,7 +57,7 @@ def parse_overrides(items: list[str]) -> tuple[str, list[int], dict]:
             raise SystemExit(f"unknown setting {key!r}")
         current = getattr(defaults, key)
         kw[key] = value == "1" if isinstance(current, bool) else type(current)(value) if current is not None else float(value)
-    return model, seeds, kw
+    return model, seeds, prompts, kw
 
 
 def _count(flags) -> str:
@@ -59,35 +66,42 @@ def _count(flags) -> str:
 
 
 def main(argv: list[str]) -> None:
+    import torch
+
     from sjc_engine.denoisers.loader import load_denoiser
+    from sjc_engine.export.mesh import solid_occupancy
     from sjc_engine.optimize import run_sjc
     from sjc_engine.pipeline import build_config
     from training.dataset import ProceduralDataset, nearest_color
-    from training.metrics import object_color, yaw_iou
+    from training.metrics import object_color, torus_hole_open, yaw_iou
     from training.shapes import SHAPES
 
     out = Path(argv[0])
-    model, seeds, kw = parse_overrides(argv[1:])
+    model, seeds, prompts, kw = parse_overrides(argv[1:])
     den = load_denoiser(model, device="cpu", half=False)
     refs = ProceduralDataset(seed=0, views_per_shape=16, size=32).reference_colors()
     rows = []
-    for (shape, color), seed in ((p, s) for s in seeds for p in PROMPTS):
+    for (shape, color), seed in ((p, s) for s in seeds for p in prompts):
         cfg = build_config(f"a {color} {shape}", model, device="cpu", seed=seed, **kw)
         t0 = time.time()
         field = run_sjc(cfg, den).field
         wall = time.time() - t0
         occ = field.occupancy(cfg.mesh_threshold)
         ious = {s: yaw_iou(occ, field.grid_points(), s)[0] for s in SHAPES}
-        c = field.grid_size // 2
-        hole = bool(occ[c - 2 : c + 3, :, c - 2 : c + 3].sum() == 0) if shape == "torus" else None
+        solid = torch.from_numpy(solid_occupancy(field, cfg.mesh_threshold))
+        solid_iou = yaw_iou(solid, field.grid_points(), shape)[0]
+        hole = torus_hole_open(occ) if shape == "torus" else None
         rgb, _ = object_color(field, den.decode, cfg.cam_radius, cfg.test_fov_deg, cfg.render_size)
-        row = {"prompt": f"a {color} {shape}", "seed": seed, "iou": round(ious[shape], 3), "best": max(ious, key=ious.get),
+        row = {"prompt": f"a {color} {shape}", "seed": seed, "iou": round(ious[shape], 3), "solid_iou": round(solid_iou, 3),
+               "best": max(ious, key=ious.get),
                "hole": hole, "color_ok": bool(rgb) and nearest_color(rgb, refs) == color, "sjc_s": round(wall, 1)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     ious = [r["iou"] for r in rows]
     summary = {
         "overrides": kw, "model": model, "seeds": seeds, "median_iou": statistics.median(ious), "worst_iou": min(ious),
+        "median_solid_iou": statistics.median(r["solid_iou"] for r in rows),
+        "worst_solid_iou": min(r["solid_iou"] for r in rows),
         "median_iou_by_seed": {s: statistics.median(r["iou"] for r in rows if r["seed"] == s) for s in seeds},
         "shapes_matched": sum(r["best"] == r["prompt"].split()[-1] for r in rows),
         "runs": len(rows),

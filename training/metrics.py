@@ -2,6 +2,7 @@
 
 - :func:`yaw_iou`: 3D IoU of the field's occupancy with a shape, best over rotations about the vertical axis
   (the prior has no preferred azimuth, so the object may come out turned).
+- :func:`torus_hole_open`: whether a torus's hole is open (no occupied node in a 5 x 5 column through the centre).
 - :func:`object_color`: the mean decoded RGB of the object's pixels (opacity > 0.5) over a turntable.
 """
 
@@ -48,6 +49,13 @@ def yaw_iou(occ: Tensor, points: Tensor, shape: str, n_yaw: int = 24) -> tuple[f
         if v > best:
             best, best_deg = v, deg
     return best, best_deg
+
+
+def torus_hole_open(occ: Tensor) -> bool:
+    """Whether the vertical (y) column of 5 x 5 nodes through the centre of ``occ`` (N, N, N) ``[x, y, z]`` is
+    empty: a torus lying flat, as the training renders show it, then has its hole open from top to bottom."""
+    c = occ.shape[0] // 2
+    return not bool(occ[c - 2 : c + 3, :, c - 2 : c + 3].any())
 
 
 @torch.no_grad()
