@@ -43,6 +43,9 @@ class SJCConfig:
         density_shift: added to the raw density before softplus (reference: -1.0).
         blob_density, blob_radius: a fresh field starts with raw density ``blob_density * max(0, 1 - |x| /
             blob_radius)`` (:mod:`sjc_engine.priors`; reference: 0, empty space; radius default 0.5).
+        blob_decay: fraction of the run over which the blob is taken out of the density again, in equal parts
+            after each step (default 0: it stays, only the optimiser moves it). The blob then gives every shape
+            mass to start from without holding density where no view asks for it (a torus's hole).
         feature_activation: ``"identity"`` (reference) or ``"tanh"`` (features squashed into [-1, 1];
             for pixel models, see :class:`sjc_engine.field.VoxelField`).
         cam_radius: camera distance from the origin (reference: 1.5).
@@ -103,6 +106,7 @@ class SJCConfig:
     density_shift: float = -1.0
     blob_density: float = 0.0
     blob_radius: float = 0.5
+    blob_decay: float = 0.0
     feature_activation: Literal["identity", "tanh"] = "identity"
     cam_radius: float = 1.5
     elev_range_deg: tuple[float, float] = (-6.0, 90.0)
@@ -152,6 +156,7 @@ class SJCConfig:
             ("step_ratio", 0 < self.step_ratio <= 4),
             ("blob_density", 0 <= self.blob_density <= 100),
             ("blob_radius", 0 < self.blob_radius <= 2 * self.bbox),
+            ("blob_decay", 0 <= self.blob_decay <= 1),
             ("cam_radius", self.cam_radius > 0),
             ("elev_range_deg", -90 <= self.elev_range_deg[0] <= self.elev_range_deg[1] <= 90),
             ("fov_range_deg", 1 <= self.fov_range_deg[0] <= self.fov_range_deg[1] < 180),

@@ -11,7 +11,9 @@ Per step (pals-ttic/sjc ``run_sjc.py``, with callbacks, checkpoints and exact re
 4. backward ``-grad / V`` through the renderer (a vector-Jacobian product) together with the emptiness and
    center-depth losses (means over the views) and the density's smoothness loss, then one Adamax step
    (:class:`~sjc_engine.native.adamax.FusedAdamax`: torch's Adamax, bit for bit, with a one-pass C step on the CPU
-   grids).
+   grids);
+5. over the first ``config.blob_decay`` of the run, take an equal part of the starting blob
+   (:mod:`sjc_engine.priors`) out of the density.
 
 Every ``occupancy.every`` steps the field's occupancy grid is rebuilt from its density (empty-space skipping,
 :mod:`sjc_engine.occupancy`); it is part of the resumable state, and rebuilt once more at the end so renders of
@@ -42,7 +44,7 @@ from sjc_engine.losses import center_depth_loss, emptiness_loss, emptiness_weigh
 from sjc_engine.native.adamax import FusedAdamax
 from sjc_engine.occupancy import DEFAULT_SETTINGS, OccupancyGrid, OccupancySettings
 from sjc_engine.paas import paas_grad
-from sjc_engine.priors import add_density_blob
+from sjc_engine.priors import add_density_blob, blob_profile
 from sjc_engine.renderer import render_image, render_images
 from sjc_engine.sigmas import SigmaSchedule
 
@@ -179,6 +181,7 @@ def run_sjc(
     """
     cb = callbacks or Callbacks()
     # 1. seeds and the field
+    with_blob = resume is not None or field is None  # the field started from the config's blob (a resumed run too)
     rng = _RNG.seeded(config.seed)
     device = resolve_field_device(config, denoiser)
     if resume is not None:
@@ -209,6 +212,9 @@ def run_sjc(
         start = int(resume["step"])
     schedule = SigmaSchedule.from_config(denoiser.sigmas, config)
     total = config.steps
+    # the blob leaves the density in equal parts after each of the first decay_steps steps (config.blob_decay)
+    decay_steps = round(config.blob_decay * total) if with_blob and config.blob_density > 0 else 0
+    decay = blob_profile(field, config.blob_radius) * (config.blob_density / decay_steps) if decay_steps else None
     losses: dict[str, float] = {}
     stopped = False
     step = start
@@ -261,6 +267,9 @@ def run_sjc(
             loss = loss + reg
         loss.backward()
         opt.step()
+        if step < decay_steps:
+            with torch.no_grad():
+                field.density.sub_(decay)
 
         done = step + 1
         losses = {"score": float(grad.pow(2).mean()), "emptiness": float(l_empty.detach()), "emptiness_weight": float(w_e)}

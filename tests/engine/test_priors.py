@@ -42,7 +42,33 @@ def test_loop_starts_a_fresh_field_with_the_blob():
 
 
 def test_blob_settings_are_checked():
-    for name, value in (("blob_density", -1.0), ("blob_radius", 0.0)):
+    for name, value in (("blob_density", -1.0), ("blob_radius", 0.0), ("blob_decay", 1.5), ("blob_decay", -0.1)):
         with pytest.raises(ConfigError) as e:
             SJCConfig(**{name: value})
         assert e.value.field == name
+
+
+def test_blob_decays_out_of_the_density_over_its_share_of_the_run():
+    den = GaussianDenoiser(torch.full((3, 12, 12), 0.5), var=0.01)
+    base = dict(prompt="a red cube", steps=4, grid_size=9, render_size=12, sigma_min=0.05, sigma_max=2.0,
+                lr=1e-9, bg_lr=1e-9, preview_every=0, checkpoint_every=0, device="cpu", seed=0)
+    plain = run_sjc(SJCConfig(**base), den).field.density.detach()
+    kept = run_sjc(SJCConfig(**base, blob_density=8.0), den).field.density.detach()
+    half = run_sjc(SJCConfig(**base, blob_density=8.0, blob_decay=0.5), den).field.density.detach()
+    gone = run_sjc(SJCConfig(**base, blob_density=8.0, blob_decay=1.0), den).field.density.detach()
+    # (lr 1e-9: the optimiser moves nothing visible, so the differences are the blob's share left)
+    assert float((kept - plain)[0, 4, 4, 4]) == pytest.approx(8.0, abs=1e-4)
+    assert float((half - plain)[0, 4, 4, 4]) == pytest.approx(0.0, abs=1e-4)  # gone after 2 of 4 steps
+    assert torch.allclose(gone, plain, atol=1e-4)
+    quarter = run_sjc(SJCConfig(**{**base, "steps": 1}, blob_density=8.0, blob_decay=1.0), den).field.density.detach()
+    assert float(quarter[0, 4, 4, 4] - plain[0, 4, 4, 4]) == pytest.approx(0.0, abs=1e-4)  # one step of one
+
+
+def test_blob_decay_of_a_given_field_is_left_alone():
+    den = GaussianDenoiser(torch.full((3, 12, 12), 0.5), var=0.01)
+    cfg = SJCConfig(prompt="a red cube", steps=2, grid_size=9, render_size=12, sigma_min=0.05, sigma_max=2.0,
+                    lr=1e-9, bg_lr=1e-9, preview_every=0, checkpoint_every=0, device="cpu", seed=0,
+                    blob_density=8.0, blob_decay=1.0)
+    start = add_density_blob(VoxelField(9, 3, density_shift=cfg.density_shift), 8.0, 0.5)
+    out = run_sjc(cfg, den, field=start).field.density.detach()
+    assert float(out[0, 4, 4, 4]) == pytest.approx(8.0, abs=1e-4)  # not the config's blob to take back
