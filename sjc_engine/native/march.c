@@ -27,6 +27,9 @@
 #pragma GCC optimize("no-trapping-math")
 #include <math.h>
 #include <stdint.h>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 #define MAXC 16 /* feature channels */
@@ -79,6 +82,32 @@ static inline float m_tanhf(float x) {
 /* NaN-propagating min and max (as torch.minimum / torch.maximum and amin / amax). */
 static inline double m_min(double a, double b) { return a != a || b != b ? NAN : (a < b ? a : b); }
 static inline double m_max(double a, double b) { return a != a || b != b ? NAN : (a > b ? a : b); }
+
+#if defined(__AVX__)
+/* The 8 corner values of a float plane p at a cell (corners q, q + 1 are z neighbours: one 8-byte load per pair)
+   times the cell's 8 weights w8, as one vector. */
+static inline __m256 m_corner_prod(const float* w8, const float* p, const int64_t* o) {
+    __m128 lo = _mm_castpd_ps(_mm_load_sd((const double*)(p + o[0])));
+    lo = _mm_loadh_pi(lo, (const __m64*)(p + o[2]));
+    __m128 hi = _mm_castpd_ps(_mm_load_sd((const double*)(p + o[4])));
+    hi = _mm_loadh_pi(hi, (const __m64*)(p + o[6]));
+    return _mm256_mul_ps(_mm256_set_m128(hi, lo), _mm256_loadu_ps(w8));
+}
+
+/* The sum of v's 8 lanes. */
+static inline float m_hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* The sums of the lanes of a, b, c and d, as the 4 lanes of one vector. */
+static inline __m128 m_hsum8x4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d)); /* halves of each sum */
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+#endif
 
 #define T float
 #define SUF f32
@@ -151,12 +180,16 @@ static inline int FN(m_occupied)(const T* x3, int64_t n, const uint8_t* occ, int
     return occ[(coarse[c[0]] * g + coarse[c[1]]) * g + coarse[c[2]]];
 }
 
-/* sum_q w[q][k] p[o[q]] over a cell's 8 corners (weights of sample k of a block), summed as a tree (a chain of 8
-   dependent FMAs was the forward's critical path). */
+/* sum_q w[k][q] p[o[q]] over a cell's 8 corners (weights of sample k of a block): in one vector for float with
+   AVX, else summed as a tree (a chain of 8 dependent FMAs was the forward's critical path). */
 static inline T FN(m_tri8)(const T (*w)[8], int64_t k, const T* p, const int64_t* o) {
+#if FAST_FLOAT && defined(__AVX__)
+    return m_hsum8(m_corner_prod(w[k], p, o));
+#else
     const T a = w[k][0] * p[o[0]] + w[k][1] * p[o[1]], b = w[k][2] * p[o[2]] + w[k][3] * p[o[3]];
     const T c = w[k][4] * p[o[4]] + w[k][5] * p[o[5]], d = w[k][6] * p[o[6]] + w[k][7] * p[o[7]];
     return (a + b) + (c + d);
+#endif
 }
 
 /* Cells (their lower node's flat index, base[k]) and trilinear weights (w[q][k], corner q = 4a + 2b + c at
@@ -215,7 +248,18 @@ static inline void FN(m_bases)(const T* s, const T* d, int64_t i0, int64_t nb, i
 static inline void FN(m_features)(const FN(field_t)* F, int64_t base, const T (*w)[8], int64_t k, T* f) {
     const int64_t n = F->n, nn = n * n;
     const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
+#if FAST_FLOAT && defined(__AVX__)
+    for (int64_t c0 = 0; c0 < F->C; c0 += 4) { /* four channels' sums at once */
+        __m256 v[4];
+        for (int c = 0; c < 4; ++c)
+            v[c] = c0 + c < F->C ? m_corner_prod(w[k], F->feats[c0 + c] + base, o) : _mm256_setzero_ps();
+        float r[4];
+        _mm_storeu_ps(r, m_hsum8x4(v[0], v[1], v[2], v[3]));
+        for (int c = 0; c < 4 && c0 + c < F->C; ++c) f[c0 + c] = r[c];
+    }
+#else
     for (int64_t c = 0; c < F->C; ++c) f[c] = FN(m_tri8)(w, k, F->feats[c] + base, o);
+#endif
 }
 
 /* Prefetches the cache lines of the cell at base (its 8 corners: 4 z-pairs) in the planes P (c < C). */
