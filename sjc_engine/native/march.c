@@ -171,7 +171,7 @@ typedef struct {
     int64_t K;            /* samples per row of the dense weights */
 } FN(rays_t);
 
-#include "corner.h" /* FN(cell_of), FN(corner): a point's cell and trilinear weights, as trilinear.c's */
+#include "corner.h" /* FN(cell_of): a point's cell, as trilinear.c's (whose FN(corner) m_corners follows) */
 
 /* Whether x lies in an occupied coarse cell (as trilinear.c's occupied(); NaN points count as occupied). */
 static inline int FN(m_occupied)(const T* x3, int64_t n, const uint8_t* occ, int64_t g, const int64_t* coarse) {
@@ -192,7 +192,7 @@ static inline T FN(m_tri8)(const T (*w)[8], int64_t k, const T* p, const int64_t
 #endif
 }
 
-/* Cells (their lower node's flat index, base[k]) and trilinear weights (w[q][k], corner q = 4a + 2b + c at
+/* Cells (their lower node's flat index, base[k]) and trilinear weights (w[k][q], corner q = 4a + 2b + c at
    base + a n^2 + b n + c) of the samples start + idx[k] delta (index coordinates) for k < nb, with corner()'s
    clamping; bad[k] = 1 for a NaN point (its cell and weights are then those of the origin, unused). Branch-free
    and in 32-bit integers, so the compiler vectorises it (n^3 < 2^31: fused_supported checks). */
@@ -243,7 +243,7 @@ static inline void FN(m_bases)(const T* s, const T* d, int64_t i0, int64_t nb, i
     }
 }
 
-/* Raw features f (C,) of sample k of a block (cell base, weights w[q][k]; a corner shared with the last sample is
+/* Raw features f (C,) of sample k of a block (cell base, weights w[k][q]; a corner shared with the last sample is
    still in L1: no copy of the cell's values pays off); march_fwd activates a block's at once. */
 static inline void FN(m_features)(const FN(field_t)* F, int64_t base, const T (*w)[8], int64_t k, T* f) {
     const int64_t n = F->n, nn = n * n;
