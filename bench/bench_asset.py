@@ -43,24 +43,15 @@ def sjc_command() -> list[str]:
 
 def score(field_path: Path, prompt: str) -> dict:
     """IoU against the prompt's shape (field and exported solid), the best-matching shape, and (torus) whether the
-    hole is open."""
-    import torch
-
-    from sjc_engine.export.mesh import solid_occupancy
+    hole is open (``training.metrics.field_scores``)."""
     from sjc_engine.field import VoxelField
     from sjc_engine.pipeline import build_config
-    from training.metrics import torus_hole_open, yaw_iou
-    from training.shapes import SHAPES
+    from training.metrics import field_scores
 
     shape = prompt.split()[-1]
-    config = build_config(prompt, "embedded")
-    field = VoxelField.load(field_path)
-    occ = field.occupancy(config.mesh_threshold)
-    ious = {s: yaw_iou(occ, field.grid_points(), s)[0] for s in SHAPES}
-    solid = torch.from_numpy(solid_occupancy(field, config.mesh_threshold))
-    hole = torus_hole_open(occ) if shape == "torus" else None
-    return {"iou": round(ious[shape], 3), "solid_iou": round(yaw_iou(solid, field.grid_points(), shape)[0], 3),
-            "best_match": max(ious, key=ious.get), "hole_open": hole}
+    fit = field_scores(VoxelField.load(field_path), shape, build_config(prompt, "embedded").mesh_threshold)
+    return {"iou": round(fit["iou"], 3), "solid_iou": round(fit["solid_iou"], 3), "best_match": fit["best"],
+            "hole_open": fit["hole"]}
 
 
 def run_one(prompt: str, threads: str, policy: str, seed: int, extra: list[str]) -> dict:

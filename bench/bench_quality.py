@@ -9,7 +9,7 @@ model's default settings: SJC, then the exports) on the CPU and measures
   the ground-truth object at the field's grid nodes, best over 24 rotations about the vertical axis; the same
   for the solid the mesh export takes (``solid_occupancy``: small pieces dropped, enclosed cavities filled, so
   a hollow shell counts as the volume its mesh encloses); which shape the field matches best; for a torus,
-  whether its hole is open (``training.metrics.torus_hole_open``);
+  whether its hole is open (all from ``training.metrics.field_scores``);
 - colour: whether the mean decoded colour of the object's pixels (opacity > 0.5, 8 turntable views) is
   nearest to the named colour among the palette (as the training renders shade it);
 - the final mesh, after the whole export (``mesh.stl``: the same surface as ``mesh.glb``, without UV seams):
@@ -52,11 +52,10 @@ import trimesh  # noqa: E402
 
 from sjc_engine import parallel  # noqa: E402
 from sjc_engine.callbacks import Callbacks  # noqa: E402
-from sjc_engine.export.mesh import solid_occupancy  # noqa: E402
 from sjc_engine.export.quality import chamfer, mesh_iou  # noqa: E402
 from training.dataset import ProceduralDataset, nearest_color  # noqa: E402
-from training.metrics import object_color, torus_hole_open, yaw_iou  # noqa: E402
-from training.shapes import SHAPES, rotate_y, sdf  # noqa: E402
+from training.metrics import field_scores, object_color  # noqa: E402
+from training.shapes import rotate_y, sdf  # noqa: E402
 
 # two colours per shape, every colour at least once
 PROMPTS: list[tuple[str, str]] = [
@@ -116,10 +115,8 @@ def run_one(shape: str, color: str, seed: int, denoiser, refs, steps: int | None
         for name in ("mesh.glb", "mesh.stl", "thumbnail.png"):
             if (Path(tmp) / name).is_file():
                 (keep / name).write_bytes((Path(tmp) / name).read_bytes())
-    occ = field.occupancy(config.mesh_threshold)
-    best_iou, yaw = yaw_iou(occ, field.grid_points(), shape)
-    solid_iou, _ = yaw_iou(torch.from_numpy(solid_occupancy(field, config.mesh_threshold)), field.grid_points(), shape)
-    ious = {s: yaw_iou(occ, field.grid_points(), s)[0] for s in SHAPES}
+    fit = field_scores(field, shape, config.mesh_threshold)
+    yaw = fit["yaw_deg"]
     scores = mesh_scores(keep / "mesh.stl", shape, yaw)
     rgb, frac = object_color(field, denoiser.decode, config.cam_radius, config.test_fov_deg, config.render_size)
     got = nearest_color(rgb, refs) if rgb is not None else None
@@ -129,12 +126,12 @@ def run_one(shape: str, color: str, seed: int, denoiser, refs, steps: int | None
         "color": color,
         "seed": seed,
         "steps": res.steps_done,
-        "iou": round(best_iou, 3),
-        "solid_iou": round(solid_iou, 3),
-        "best_shape": max(ious, key=ious.get),
-        "hole": torus_hole_open(occ) if shape == "torus" else None,
+        "iou": round(fit["iou"], 3),
+        "solid_iou": round(fit["solid_iou"], 3),
+        "best_shape": fit["best"],
+        "hole": fit["hole"],
         "yaw_deg": yaw,
-        "occupied_voxels": int(occ.sum()),
+        "occupied_voxels": int(field.occupancy(config.mesh_threshold).sum()),
         "mean_rgb": [round(c, 3) for c in rgb] if rgb else None,
         "opaque_frac": round(frac, 3),
         "nearest_color": got,

@@ -3,8 +3,8 @@
 For each prompt of ``bench/bench_quality.py`` it runs ``run_sjc`` with the model's defaults plus the overrides
 given as ``key=value`` (any :class:`~sjc_engine.config.SJCConfig` field; ``model=PATH`` picks other weights) and
 scores the field: IoU at the mesh threshold against every analytic shape (best of 24 yaw angles), whether the
-prompt's shape is the best match, the IoU of the solid the mesh export takes (``solid_occupancy``: small pieces
-dropped, enclosed cavities filled; a hollow shell counts as its filled volume), for a torus whether the hole is open (no occupied node in a 5 x 5 column of
+prompt's shape is the best match, the IoU of the solid the mesh export takes, for a torus whether the hole is
+open (``training.metrics.field_scores``; no occupied node in a 5 x 5 column of
 nodes through the centre), and the colour as ``bench_quality.py`` judges it. Faster than the full bench (no
 mesh, video or texture), so settings and weights can be compared side by side on a busy machine.
 
@@ -66,15 +66,11 @@ def _count(flags) -> str:
 
 
 def main(argv: list[str]) -> None:
-    import torch
-
     from sjc_engine.denoisers.loader import load_denoiser
-    from sjc_engine.export.mesh import solid_occupancy
     from sjc_engine.optimize import run_sjc
     from sjc_engine.pipeline import build_config
     from training.dataset import ProceduralDataset, nearest_color
-    from training.metrics import object_color, torus_hole_open, yaw_iou
-    from training.shapes import SHAPES
+    from training.metrics import field_scores, object_color
 
     out = Path(argv[0])
     model, seeds, prompts, kw = parse_overrides(argv[1:])
@@ -86,15 +82,11 @@ def main(argv: list[str]) -> None:
         t0 = time.time()
         field = run_sjc(cfg, den).field
         wall = time.time() - t0
-        occ = field.occupancy(cfg.mesh_threshold)
-        ious = {s: yaw_iou(occ, field.grid_points(), s)[0] for s in SHAPES}
-        solid = torch.from_numpy(solid_occupancy(field, cfg.mesh_threshold))
-        solid_iou = yaw_iou(solid, field.grid_points(), shape)[0]
-        hole = torus_hole_open(occ) if shape == "torus" else None
+        fit = field_scores(field, shape, cfg.mesh_threshold)
         rgb, _ = object_color(field, den.decode, cfg.cam_radius, cfg.test_fov_deg, cfg.render_size)
-        row = {"prompt": f"a {color} {shape}", "seed": seed, "iou": round(ious[shape], 3), "solid_iou": round(solid_iou, 3),
-               "best": max(ious, key=ious.get),
-               "hole": hole, "color_ok": bool(rgb) and nearest_color(rgb, refs) == color, "sjc_s": round(wall, 1)}
+        row = {"prompt": f"a {color} {shape}", "seed": seed, "iou": round(fit["iou"], 3),
+               "solid_iou": round(fit["solid_iou"], 3), "best": fit["best"],
+               "hole": fit["hole"], "color_ok": bool(rgb) and nearest_color(rgb, refs) == color, "sjc_s": round(wall, 1)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     ious = [r["iou"] for r in rows]

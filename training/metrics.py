@@ -3,6 +3,7 @@
 - :func:`yaw_iou`: 3D IoU of the field's occupancy with a shape, best over rotations about the vertical axis
   (the prior has no preferred azimuth, so the object may come out turned).
 - :func:`torus_hole_open`: whether a torus's hole is open (no occupied node in a 5 x 5 column through the centre).
+- :func:`field_scores`: the above for one SJC field and its prompt's shape, as the benches report them.
 - :func:`object_color`: the mean decoded RGB of the object's pixels (opacity > 0.5) over a turntable.
 """
 
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from sjc_engine.cameras import turntable
 
-from .shapes import occupancy, rotate_y
+from .shapes import SHAPES, occupancy, rotate_y
 
 
 def iou(a: Tensor, b: Tensor) -> float:
@@ -56,6 +57,27 @@ def torus_hole_open(occ: Tensor) -> bool:
     empty: a torus lying flat, as the training renders show it, then has its hole open from top to bottom."""
     c = occ.shape[0] // 2
     return not bool(occ[c - 2 : c + 3, :, c - 2 : c + 3].any())
+
+
+@torch.no_grad()
+def field_scores(field: torch.nn.Module, shape: str, threshold: float) -> dict:
+    """How a field at the density ``threshold`` (the mesh export's) fits ``shape``: ``iou`` and ``yaw_deg`` of its
+    occupancy (:func:`yaw_iou`); ``solid_iou``, the same for the solid the mesh export takes
+    (:func:`sjc_engine.export.mesh.solid_occupancy`: small pieces dropped, enclosed cavities filled, so a hollow
+    shell counts as the volume its mesh encloses); ``best``, the shape its occupancy fits best; ``hole``, for a
+    torus whether its hole is open (:func:`torus_hole_open`), else None."""
+    from sjc_engine.export.mesh import solid_occupancy
+
+    occ, points = field.occupancy(threshold), field.grid_points()
+    fits = {s: yaw_iou(occ, points, s) for s in SHAPES}  # name -> (IoU, yaw)
+    solid = torch.from_numpy(solid_occupancy(field, threshold))
+    return {
+        "iou": fits[shape][0],
+        "yaw_deg": fits[shape][1],
+        "solid_iou": yaw_iou(solid, points, shape)[0],
+        "best": max(fits, key=lambda s: fits[s][0]),
+        "hole": torus_hole_open(occ) if shape == "torus" else None,
+    }
 
 
 @torch.no_grad()
