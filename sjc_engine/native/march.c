@@ -192,6 +192,17 @@ static inline T FN(m_tri8)(const T (*w)[8], int64_t k, const T* p, const int64_t
 #endif
 }
 
+/* Cell index (into i) and fraction of the index coordinate x along one axis, with corner()'s clamping: x into
+   [0, top = n - 1] (a NaN to 0), the cell into [0, n - 2]. Branch-free, for the vectorised loops below. */
+static inline T FN(m_axis)(T x, T top, int32_t n, int32_t* i) {
+    x = x != x ? 0 : x;
+    x = x < 0 ? 0 : x;
+    x = x > top ? top : x;
+    const int32_t c = (int32_t)x; /* floor, x >= 0 */
+    *i = c > n - 2 ? n - 2 : c;
+    return x - (T)*i;
+}
+
 /* Cells (their lower node's flat index, base[k]) and trilinear weights (w[k][q], corner q = 4a + 2b + c at
    base + a n^2 + b n + c) of the samples start + idx[k] delta (index coordinates) for k < nb, with corner()'s
    clamping; bad[k] = 1 for a NaN point (its cell and weights are then those of the origin, unused). Branch-free
@@ -204,15 +215,9 @@ static inline void FN(m_corners)(const T* s, const T* d, const int32_t* idx, int
         T f[3];
         int32_t c[3], nan = 0;
         for (int a = 0; a < 3; ++a) {
-            T x = s[a] + fi * d[a];
+            const T x = s[a] + fi * d[a];
             nan |= x != x;
-            x = x != x ? 0 : x;
-            x = x < 0 ? 0 : x;
-            x = x > top ? top : x;
-            int32_t i = (int32_t)x; /* floor, x >= 0 */
-            i = i > n - 2 ? n - 2 : i;
-            c[a] = i;
-            f[a] = x - (T)i;
+            f[a] = FN(m_axis)(x, top, n, &c[a]);
         }
         base[k] = (c[0] * n + c[1]) * n + c[2];
         bad[k] = nan;
@@ -231,14 +236,7 @@ static inline void FN(m_bases)(const T* s, const T* d, int64_t i0, int64_t nb, i
     for (int64_t k = 0; k < nb; ++k) {
         const T fi = (T)(int32_t)(i0 + k);
         int32_t c[3];
-        for (int a = 0; a < 3; ++a) {
-            T x = s[a] + fi * d[a];
-            x = x != x ? 0 : x;
-            x = x < 0 ? 0 : x;
-            x = x > top ? top : x;
-            int32_t i = (int32_t)x;
-            c[a] = i > n - 2 ? n - 2 : i;
-        }
+        for (int a = 0; a < 3; ++a) FN(m_axis)(s[a] + fi * d[a], top, n, &c[a]);
         base[k] = (c[0] * n + c[1]) * n + c[2];
     }
 }
@@ -268,6 +266,18 @@ static inline void FN(m_prefetch)(const T* const* P, int64_t C, int64_t base, co
         for (int q = 0; q < 8; q += 2) {
             if (write) __builtin_prefetch(P[c] + base + o[q], 1);
             else __builtin_prefetch(P[c] + base + o[q], 0);
+        }
+}
+
+/* Prefetches the density and feature lines of the cells base[k], k < nb (skipping bad[k] != 0 where bad is given,
+   and runs of one cell: *last, updated, is the cell prefetched last). */
+static inline void FN(m_prefetch_cells)(const FN(field_t)* F, const int32_t* base, const int32_t* bad, int64_t nb,
+                                        const int64_t* o, int64_t* last) {
+    for (int64_t k = 0; k < nb; ++k)
+        if (!(bad && bad[k]) && base[k] != *last) {
+            FN(m_prefetch)(&F->density, 1, base[k], o, 0);
+            FN(m_prefetch)(F->feats, F->C, base[k], o, 0);
+            *last = base[k];
         }
 }
 
@@ -371,22 +381,12 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
             FN(m_corners)(s, d, bi, nl, (int32_t)n, bbase, bcw, bnan); /* their cells and weights */
             if (first_block || F->occ) /* their lines on their way (without skipping, later blocks' lines are
                                           prefetched a block ahead, below) */
-                for (int64_t k = 0; k < nl; ++k)
-                    if (!bnan[k] && bbase[k] != pcell) {
-                        FN(m_prefetch)(&F->density, 1, bbase[k], o, 0);
-                        FN(m_prefetch)(F->feats, C, bbase[k], o, 0);
-                        pcell = bbase[k];
-                    }
+                FN(m_prefetch_cells)(F, bbase, bnan, nl, o, &pcell);
             first_block = 0;
             if (!F->occ && i < m) { /* the next block's lines while this one is worked on */
                 const int64_t na = m - i < BLOCK ? m - i : BLOCK;
                 FN(m_bases)(s, d, i, na, (int32_t)n, ahead);
-                for (int64_t k = 0; k < na; ++k)
-                    if (ahead[k] != pcell) {
-                        FN(m_prefetch)(&F->density, 1, ahead[k], o, 0);
-                        FN(m_prefetch)(F->feats, C, ahead[k], o, 0);
-                        pcell = ahead[k];
-                    }
+                FN(m_prefetch_cells)(F, ahead, NULL, na, o, &pcell);
             }
             for (int64_t k = 0; k < nl; ++k) /* their raw density */
                 braw[k] = bnan[k] ? NAN : FN(m_tri8)(bcw, k, F->density + bbase[k], o);
