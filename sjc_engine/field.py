@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sjc_engine.occupancy import DEFAULT_SETTINGS, OccupancyGrid, OccupancySettings, SkipRule
+from sjc_engine.occupancy import DEFAULT_SETTINGS, OccupancyGrid, OccupancySettings, SkipRule, cell_max
 from sjc_engine.trilinear import trilinear_rays
 
 FORMAT_VERSION = 1
@@ -123,8 +123,13 @@ class VoxelField(nn.Module):
 
     @torch.no_grad()
     def refresh_occupancy(self, step: float, settings: OccupancySettings = DEFAULT_SETTINGS) -> OccupancyGrid:
-        """Rebuild :attr:`occupancy_grid` from the current density for a march step ``step`` (world units)."""
-        self.occupancy_grid = OccupancyGrid.from_density(self.density_grid(), step, settings)
+        """Rebuild :attr:`occupancy_grid` from the current density for a march step ``step`` (world units).
+
+        The activation is increasing, so each coarse cell's largest raw density is taken first and only those
+        (g^3, not n^3) are activated: the grid :meth:`OccupancyGrid.from_density` builds from
+        :meth:`density_grid`, for a tenth of the work."""
+        raw_max = cell_max(self.density[0], settings.cell)  # (g, g, g)
+        self.occupancy_grid = OccupancyGrid.from_cell_max(self.activate(raw_max), step, settings)
         return self.occupancy_grid
 
     def activate_features(self, feats: Tensor) -> Tensor:

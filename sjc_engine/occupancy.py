@@ -31,7 +31,7 @@ from torch import Tensor
 
 from sjc_engine.native import kernel, native_supports
 
-__all__ = ["DEFAULT_SETTINGS", "OccupancyGrid", "OccupancySettings", "SkipRule", "coarse_cells"]
+__all__ = ["DEFAULT_SETTINGS", "OccupancyGrid", "OccupancySettings", "SkipRule", "cell_max", "coarse_cells"]
 
 
 @dataclass(frozen=True)
@@ -111,17 +111,20 @@ class OccupancyGrid:
         """
         if sigma.dim() != 3 or len(set(sigma.shape)) != 1:
             raise ValueError(f"sigma must be (n, n, n), got {tuple(sigma.shape)}")
-        n, c = sigma.shape[0], settings.cell
-        g = coarse_cells(n, c)
-        vox = F.max_pool3d(sigma[None, None].float(), kernel_size=2, stride=1)  # (1, 1, n-1, n-1, n-1) voxel max
-        pad = g * c - (n - 1)
-        vox = F.pad(vox, (0, pad, 0, pad, 0, pad), value=float("-inf"))  # (1, 1, g*c, g*c, g*c)
-        coarse = F.max_pool3d(vox, kernel_size=c, stride=c)  # (1, 1, g, g, g)
-        occ = (coarse * step >= settings.tau_threshold).float()
+        return cls.from_cell_max(cell_max(sigma, settings.cell), step, settings)
+
+    @classmethod
+    @torch.no_grad()
+    def from_cell_max(
+        cls, sigma_max: Tensor, step: float, settings: OccupancySettings = DEFAULT_SETTINGS
+    ) -> "OccupancyGrid":
+        """Build the grid from each coarse cell's largest activated density (``cell_max`` of the node densities,
+        (g, g, g)); see :meth:`from_density`."""
+        occ = (sigma_max.float() * step >= settings.tau_threshold).float()[None, None]  # (1, 1, g, g, g)
         if settings.dilation > 0:
             d = settings.dilation
             occ = F.max_pool3d(occ, kernel_size=2 * d + 1, stride=1, padding=d)
-        return cls(occ[0, 0].to(torch.uint8).contiguous(), c, settings.stop_transmittance)
+        return cls(occ[0, 0].to(torch.uint8).contiguous(), settings.cell, settings.stop_transmittance)
 
     def sample_mask(self, u: Tensor, n: int) -> Tensor:
         """Bool (P,): whether points ``u`` (P, 3) in voxel index coordinates lie in occupied cells (the fine
@@ -174,6 +177,20 @@ class OccupancyGrid:
         first = torch.where(enter.isnan(), 0.0, enter.floor() - 1).clamp(min=0).minimum(top)
         end = torch.where(leave.isnan(), top, leave.floor() + 2).clamp(min=0).minimum(top)
         return first.long(), (end - first).clamp(min=0).long()
+
+@torch.no_grad()
+def cell_max(values: Tensor, cell: int) -> Tensor:
+    """The largest of the node values (n, n, n) of each coarse cell's voxels, (g, g, g): cell ``a`` spans nodes
+    ``a * cell`` to ``a * cell + cell`` (the last cell cut at node ``n - 1``) on each axis. Three passes of one
+    axis each (windows of ``cell + 1`` nodes, ``cell`` apart); exact (a max), and about ten times faster here than
+    pooling the voxels first (``max_pool3d`` with stride 1)."""
+    n = values.shape[0]
+    pad = coarse_cells(n, cell) * cell + 1 - n
+    x = F.pad(values[None], (0, pad, 0, pad, 0, pad), value=float("-inf"))[0]  # (g c + 1,) * 3
+    for dim in range(3):
+        x = x.unfold(dim, cell + 1, cell).amax(-1)  # one axis down to g windows
+    return x
+
 
 def coarse_cells(grid_size: int, cell: int) -> int:
     """Coarse cells per side for an ``n^3`` node grid (``n - 1`` voxels per side)."""

@@ -10,7 +10,7 @@ from sjc_engine.cameras import sample_camera
 from sjc_engine.composite import WEIGHT_THRESHOLD
 from sjc_engine.field import VoxelField
 from sjc_engine.native import native_lib
-from sjc_engine.occupancy import OccupancyGrid, OccupancySettings, coarse_cells
+from sjc_engine.occupancy import OccupancyGrid, OccupancySettings, cell_max, coarse_cells
 from sjc_engine.renderer import ray_box, render_rays
 from sjc_engine.trilinear import trilinear_rays
 
@@ -35,6 +35,38 @@ def test_bitfield_marks_the_cells_of_a_dense_node_and_their_neighbours() -> None
     assert dilated.bits[1:4, 4:7, 8:10].all()
     below = OccupancyGrid.from_density(sigma, step=1e-6, settings=OccupancySettings(cell=4))
     assert int(below.bits.sum()) == 0  # sigma * step = 1e-6 < 1e-5: empty
+
+
+@pytest.mark.parametrize("n, cell", [(5, 4), (12, 3), (40, 4), (41, 4), (17, 1), (9, 8)])
+def test_cell_max_is_the_max_over_each_cells_voxels(n: int, cell: int) -> None:
+    torch.manual_seed(n + cell)
+    values = torch.randn(n, n, n)
+    values[0, 1, 2] = float("nan")  # a NaN wins its cells, as in max_pool3d
+    vox = torch.nn.functional.max_pool3d(values[None, None], kernel_size=2, stride=1)[0, 0]  # (n-1)^3 voxel max
+    g = coarse_cells(n, cell)
+    expected = torch.empty(g, g, g)
+    for a in range(g):
+        for b in range(g):
+            for c in range(g):
+                block = vox[a * cell : (a + 1) * cell, b * cell : (b + 1) * cell, c * cell : (c + 1) * cell]
+                expected[a, b, c] = block.max()
+    torch.testing.assert_close(cell_max(values, cell), expected, rtol=0, atol=0, equal_nan=True)
+    assert cell_max(values, cell).isnan().any()
+
+
+def test_field_refresh_builds_the_grid_of_its_density() -> None:
+    torch.manual_seed(1)
+    f = VoxelField(N, 3)
+    with torch.no_grad():
+        noise = torch.randn(N, N, N)
+        f.density[0] = torch.where(f.grid_points().norm(dim=-1) < 0.5, 8.0 * noise, noise - 30.0)  # a noisy ball
+        f.d_scale.fill_(0.4)
+    for settings in (OccupancySettings(cell=4), OccupancySettings(cell=3, dilation=0, tau_threshold=0.02)):
+        step = 0.5 * f.voxel_size
+        expected = OccupancyGrid.from_density(f.density_grid().detach(), step, settings)
+        got = f.refresh_occupancy(step, settings)
+        assert torch.equal(got.bits, expected.bits) and 0 < int(got.bits.sum()) < got.bits.numel()
+        assert got.cell == settings.cell and got.stop_transmittance == settings.stop_transmittance
 
 
 def test_bitfield_rejects_bad_input() -> None:
