@@ -5,9 +5,9 @@ cells' bounding box: :meth:`OccupancyGrid.sample_range`), then hands the hit ray
 :func:`fused_supported` says so (CPU, float32/float64, the C kernels built, a plain
 :class:`~sjc_engine.field.VoxelField`). Per ray the kernel marches the samples, skips those in empty coarse
 cells and behind the transmittance floor (:mod:`sjc_engine.occupancy`), looks up the raw density, activates it
-(``softplus(raw * exp(d_scale) + shift)``), composites, looks up and activates the features only of samples
-that can reach ``w >= weight_threshold`` (a block of them at once, ``tau >= threshold``; ``w <= tau``), adds those
-that do, and blends the background; nothing of size (rays x samples) is built but the dense
+(``softplus(raw * exp(d_scale) + shift)``), weighs the samples in order up to the stop, looks up, activates and
+adds the features only of those with ``w >= weight_threshold`` (a block of samples at a time), and blends the
+background; nothing of size (rays x samples) is built but the dense
 weights (the emptiness loss's layout) and what the backward reads (the raw density of every weighted sample, the
 activated features of every shaded one).
 The backward recomputes the transmittance from the weights, walks each ray in reverse for the thickness

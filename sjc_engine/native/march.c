@@ -5,9 +5,8 @@
    Per ray, one pass over its samples does what the torch path does in a dozen dense (rays x samples) ops:
    march, skip samples in empty coarse cells (occupancy bits), trilinear lookup of the raw density,
    sigma = softplus(raw * scale + shift), tau = sigma * step, compositing w_i = (1 - e^-tau_i) T_i with
-   T_{i+1} = T_i - w_i, stop once T < t_stop (with an occupancy grid), features looked up and activated
-   (identity or tanh) only where tau_i >= thr (w_i <= tau_i) and composited where w_i >= thr, and the
-   background blend. The backward walks each ray twice
+   T_{i+1} = T_i - w_i, stop once T < t_stop (with an occupancy grid), features looked up, activated
+   (identity or tanh) and composited only where w_i >= thr (so none past the stop), and the background blend. The backward walks each ray twice
    (forward: T_{i+1} and a_i; reverse: g_tau), then once more to scatter straight into the grids' gradients.
    Kernels: march_fwd, march_bwd; march_order (a cache-friendly order to walk the rays in) and march_range
    (OccupancyGrid.sample_range: each ray's samples that can meet the occupied cells' bounding box).
@@ -351,10 +350,10 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
     const int64_t n = F->n, nn = n * n, C = F->C, K = Rs->K;
     const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
     T rgb[MAXC];
-    /* a block of live samples (the next BLOCK not in empty cells): looked up first (independent loads), then their
-       thickness (vectorised), then composited in order */
-    T braw[BLOCK], btau[BLOCK], bem[BLOCK], bcw[BLOCK][8], bfeat[BLOCK * MAXC];
-    int32_t bbase[BLOCK], bi[BLOCK], bnan[BLOCK], ahead[BLOCK]; /* bnan 1: a NaN point (reads NaN) */
+    /* a block of live samples (the next BLOCK not in empty cells): their density looked up (independent loads),
+       their thickness (vectorised), their weights in order; then the features of those that count */
+    T braw[BLOCK], btau[BLOCK], bem[BLOCK], bw[BLOCK], bcw[BLOCK][8], bfeat[BLOCK * MAXC];
+    int32_t bbase[BLOCK], bi[BLOCK], bnan[BLOCK], ahead[BLOCK], bsh[BLOCK]; /* bnan 1: a NaN point (reads NaN) */
     for (int64_t jj = j0; jj < j1; ++jj) {
         const int64_t j = Rs->order ? Rs->order[jj] : jj;
         const int64_t m = Rs->kept[j], off = j * K + (Rs->first ? Rs->first[j] : 0), r = Rs->ray[j];
@@ -391,38 +390,54 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
             for (int64_t k = 0; k < nl; ++k) /* their raw density */
                 braw[k] = bnan[k] ? NAN : FN(m_tri8)(bcw, k, F->density + bbase[k], o);
             FN(m_thickness)(braw, nl, F->scale, F->shift, F->step, btau, bem);
-            for (int64_t k = 0; k < nl; ++k) { /* their features (independent loads), then activated together */
-                if (!bnan[k] && btau[k] >= F->thr) FN(m_features)(F, bbase[k], bcw, k, bfeat + k * C);
-                else
-                    for (int64_t c = 0; c < C; ++c) bfeat[k * C + c] = 0;
-            }
-            if (F->tanh_act)
-                for (int64_t t = 0; t < nl * C; ++t) bfeat[t] = TANH(bfeat[t]); /* vectorised for float */
-            for (int64_t k = 0; k < nl; ++k) { /* compositing, in order */
-                const int64_t ik = bi[k];
-                ++looked;
-                if (btau[k] != 0) { /* tau == 0: no weight and no gradient, as a skipped sample */
-                    const T wi = -bem[k] * trans;
+            /* their weights, in order (the one serial chain, T_{k+1} = T_k - w_k), up to the stop; tau == 0: no
+               weight, as a skipped sample */
+            int64_t ns = nl; /* samples composited */
+            if (F->occ && F->t_stop > 0) {
+                for (int64_t k = 0; k < nl; ++k) {
+                    const T wi = btau[k] != 0 ? -bem[k] * trans : 0;
                     trans = trans - wi;
-                    wr[ik] = wi;
-                    rr[ik] = braw[k];
-                    dep += wi * (t0 + (T)ik * F->step);
-                    if (wi >= F->thr) {
-                        ++shaded;
-                        T* fi = fs + (off + ik) * C;
-                        if (!bnan[k]) {
-                            for (int64_t c = 0; c < C; ++c) {
-                                fi[c] = bfeat[k * C + c];
-                                rgb[c] += wi * fi[c];
-                            }
-                        } else {
-                            for (int64_t c = 0; c < C; ++c) fi[c] = NAN;
-                        }
+                    bw[k] = wi;
+                    if (trans < F->t_stop) { /* later weights are all below t_stop */
+                        ns = k + 1;
+                        stopped = 1;
+                        break;
                     }
                 }
-                if (F->occ && F->t_stop > 0 && trans < F->t_stop) { /* later weights are all below t_stop */
-                    stopped = 1;
-                    break;
+            } else {
+                for (int64_t k = 0; k < nl; ++k) {
+                    const T wi = btau[k] != 0 ? -bem[k] * trans : 0;
+                    trans = trans - wi;
+                    bw[k] = wi;
+                }
+            }
+            looked += ns;
+            int64_t nsh = 0; /* the samples that count (w >= thr): features looked up (independent loads), then
+                                activated together */
+            for (int64_t k = 0; k < ns; ++k)
+                if (bw[k] >= F->thr) bsh[nsh++] = (int32_t)k;
+            for (int64_t t = 0; t < nsh; ++t) {
+                const int32_t k = bsh[t];
+                if (!bnan[k]) FN(m_features)(F, bbase[k], bcw, k, bfeat + t * C);
+                else
+                    for (int64_t c = 0; c < C; ++c) bfeat[t * C + c] = NAN;
+            }
+            if (F->tanh_act)
+                for (int64_t t = 0; t < nsh * C; ++t) bfeat[t] = TANH(bfeat[t]); /* vectorised for float */
+            shaded += nsh;
+            for (int64_t k = 0; k < ns; ++k) /* the weights out, and the depth, in order */
+                if (btau[k] != 0) {
+                    const int64_t ik = bi[k];
+                    wr[ik] = bw[k];
+                    rr[ik] = braw[k];
+                    dep += bw[k] * (t0 + (T)ik * F->step);
+                }
+            for (int64_t t = 0; t < nsh; ++t) { /* the features out, and their sum, in order */
+                const int32_t k = bsh[t];
+                T* fi = fs + (off + bi[k]) * C;
+                for (int64_t c = 0; c < C; ++c) {
+                    fi[c] = bfeat[t * C + c];
+                    rgb[c] += bw[k] * fi[c];
                 }
             }
         }
