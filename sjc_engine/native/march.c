@@ -286,40 +286,65 @@ static inline void FN(m_prefetch_cells)(const FN(field_t)* F, const int32_t* bas
 #define MEXP EXP
 #endif
 
-/* For t < nb: tau[t] = softplus(raw[t] scale + shift) step (softplus(z) = log(1 + e^z), z itself above 20, as
-   torch's) and em[t] = e^-tau[t] - 1. For float a branch-free loop the compiler vectorises: softplus as
+#if FAST_FLOAT
+/* softplus(z) = log(1 + e^z) (z itself above 20, as torch's) for float in plain arithmetic, branch-free:
    max(z, 0) + log1p(e^-|z|), log1p(e) = 2 atanh(e / (2 + e)) by its odd series (to u^19, u <= 1/3: remainder
-   < 3e-10 relative), and e^x - 1 by its Taylor series to x^9 where x > -0.35 (remainder < 1e-9 relative), else
-   e^x - 1 (> 0.29 in size: a few ulps); a few float ulps from log1pf/expm1f. For double the libm functions. */
+   < 3e-10 relative); a few ulps from log1pf. */
+static inline T FN(m_softplus)(T z) {
+    const T e = MEXP(-fabsf(z)), u = e / (2 + e), u2 = u * u;
+    T p = (T)(1.0 / 19);
+    p = p * u2 + (T)(1.0 / 17);
+    p = p * u2 + (T)(1.0 / 15);
+    p = p * u2 + (T)(1.0 / 13);
+    p = p * u2 + (T)(1.0 / 11);
+    p = p * u2 + (T)(1.0 / 9);
+    p = p * u2 + (T)(1.0 / 7);
+    p = p * u2 + (T)(1.0 / 5);
+    p = p * u2 + (T)(1.0 / 3);
+    p = p * u2 + 1;
+    const T sp = (z > 0 ? z : 0) + 2 * u * p;
+    return z > 20 ? z : sp;
+}
+
+/* e^x - 1 for float by its Taylor series to x^9: within 1e-9 relative for -0.35 < x <= 0. */
+static inline T FN(m_expm1_small)(T x) {
+    T q = x * (T)(1.0 / 9);
+    q = x * (T)(1.0 / 8) * (1 + q);
+    q = x * (T)(1.0 / 7) * (1 + q);
+    q = x * (T)(1.0 / 6) * (1 + q);
+    q = x * (T)(1.0 / 5) * (1 + q);
+    q = x * (T)(1.0 / 4) * (1 + q);
+    q = x * (T)(1.0 / 3) * (1 + q);
+    q = x * (T)(1.0 / 2) * (1 + q);
+    return x * (1 + q);
+}
+#endif
+
+/* For t < nb: tau[t] = softplus(raw[t] scale + shift) step and em[t] = e^-tau[t] - 1. For float, branch-free
+   loops the compiler vectorises: m_softplus, and e^x - 1 (x = -tau) by m_expm1_small where x > -0.35, else
+   e^x - 1 (> 0.29 in size: a few ulps); a few float ulps from log1pf/expm1f. When no sample of the block can
+   reach tau = 0.34 (softplus(z) <= max(z, 0) + log 2), as in a field's first steps, e^x is not computed at all
+   (a fifth of a step's forward with a random density); the results are the same. For double the libm
+   functions. */
 static inline void FN(m_thickness)(const T* raw, int64_t nb, T scale, T shift, T step, T* tau, T* em) {
 #if FAST_FLOAT
+    T zmax = 0; /* the largest z, at least 0 (NaN z are left out: they give NaN either way) */
     for (int64_t t = 0; t < nb; ++t) {
         const T z = raw[t] * scale + shift;
-        const T e = MEXP(-fabsf(z)), u = e / (2 + e), u2 = u * u;
-        T p = (T)(1.0 / 19);
-        p = p * u2 + (T)(1.0 / 17);
-        p = p * u2 + (T)(1.0 / 15);
-        p = p * u2 + (T)(1.0 / 13);
-        p = p * u2 + (T)(1.0 / 11);
-        p = p * u2 + (T)(1.0 / 9);
-        p = p * u2 + (T)(1.0 / 7);
-        p = p * u2 + (T)(1.0 / 5);
-        p = p * u2 + (T)(1.0 / 3);
-        p = p * u2 + 1;
-        const T sp = (z > 0 ? z : 0) + 2 * u * p;
-        const T ta = (z > 20 ? z : sp) * step;
-        const T x = -ta;
-        T q = x * (T)(1.0 / 9);
-        q = x * (T)(1.0 / 8) * (1 + q);
-        q = x * (T)(1.0 / 7) * (1 + q);
-        q = x * (T)(1.0 / 6) * (1 + q);
-        q = x * (T)(1.0 / 5) * (1 + q);
-        q = x * (T)(1.0 / 4) * (1 + q);
-        q = x * (T)(1.0 / 3) * (1 + q);
-        q = x * (T)(1.0 / 2) * (1 + q);
-        const T small = x * (1 + q);
+        zmax = z > zmax ? z : zmax;
+    }
+    if ((zmax + (T)0.6932) * step < (T)0.34) {
+        for (int64_t t = 0; t < nb; ++t) {
+            const T ta = FN(m_softplus)(raw[t] * scale + shift) * step;
+            tau[t] = ta;
+            em[t] = FN(m_expm1_small)(-ta);
+        }
+        return;
+    }
+    for (int64_t t = 0; t < nb; ++t) {
+        const T ta = FN(m_softplus)(raw[t] * scale + shift) * step, x = -ta;
         tau[t] = ta;
-        em[t] = x > (T)-0.35 ? small : MEXP(x) - 1;
+        em[t] = x > (T)-0.35 ? FN(m_expm1_small)(x) : MEXP(x) - 1;
     }
 #else
     for (int64_t t = 0; t < nb; ++t) {
