@@ -101,6 +101,21 @@ static inline float m_hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+/* Adds the 8 lanes of acc (lane q: corner q of a cell) into the float plane g at the cell's corners o[q] (lanes q,
+   q + 1 are z neighbours, adjacent in memory: 4 pairs). */
+static inline void m_flush8(float* g, const int64_t* o, __m256 acc) {
+    __m128 a = _mm_loadl_pi(_mm_setzero_ps(), (const __m64*)(g + o[0]));
+    a = _mm_add_ps(_mm_loadh_pi(a, (const __m64*)(g + o[2])), _mm256_castps256_ps128(acc));
+    _mm_storel_pi((__m64*)(g + o[0]), a);
+    _mm_storeh_pi((__m64*)(g + o[2]), a);
+    __m128 b = _mm_loadl_pi(_mm_setzero_ps(), (const __m64*)(g + o[4]));
+    b = _mm_add_ps(_mm_loadh_pi(b, (const __m64*)(g + o[6])), _mm256_extractf128_ps(acc, 1));
+    _mm_storel_pi((__m64*)(g + o[4]), b);
+    _mm_storeh_pi((__m64*)(g + o[6]), b);
+}
+#endif
+
 /* The sums of the lanes of a, b, c and d, as the 4 lanes of one vector. */
 static inline __m128 m_hsum8x4(__m256 a, __m256 b, __m256 c, __m256 d) {
     const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d)); /* halves of each sum */
@@ -491,6 +506,78 @@ static inline void FN(m_flush)(T* const* G, int64_t C, int64_t base, const int64
     }
 }
 
+#if FAST_FLOAT && defined(__AVX2__) && defined(__FMA__)
+/* bwd_range's scatter of one ray (its samples start s, step d, i < m) for NC <= 4 feature channels (a constant
+   where it is inlined), with a cell's sums in registers (one vector of its 8 corners per grid) instead of arrays:
+   the same sums in the same order, so the same bits. fsr: the ray's activated features (sample i's at
+   fsr + i NC). Returns sum_i g_z_i raw_i. */
+static inline __attribute__((always_inline)) double FN(m_scatter_v)(
+    const FN(field_t)* F, const T* s, const T* d, int64_t m, const T* wr, const T* rr, const T* sa, const T* sg,
+    const T* fsr, const T* grgb, int dens, int feat, T* g_density, T* const* g_features, const int64_t NC) {
+    const int64_t n = F->n, nn = n * n;
+    const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
+    T bcw[BLOCK][8];
+    int32_t bi[BLOCK], bbase[BLOCK], bnan[BLOCK];
+    T* const gd[1] = {g_density};
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 da = zero, fa[4] = {zero, zero, zero, zero};
+    int64_t cur = -1;
+    int fdirty = 0;
+    double gds = 0;
+    for (int64_t i0 = 0; i0 < m; i0 += BLOCK) {
+        const int64_t i1 = i0 + BLOCK < m ? i0 + BLOCK : m;
+        int64_t nb = 0;
+        for (int64_t i = i0; i < i1; ++i)
+            if (wr[i] != 0 && (dens || wr[i] >= F->thr)) bi[nb++] = (int32_t)i;
+        FN(m_corners)(s, d, bi, nb, (int32_t)n, bbase, bcw, bnan);
+        for (int64_t k = 0, pc = cur; k < nb; ++k)
+            if (!bnan[k] && bbase[k] != pc) {
+                pc = bbase[k];
+                if (dens) FN(m_prefetch)((const T* const*)gd, 1, pc, o, 1);
+                if (feat && wr[bi[k]] >= F->thr) FN(m_prefetch)((const T* const*)g_features, NC, pc, o, 1);
+            }
+        for (int64_t k = 0; k < nb; ++k) {
+            const int64_t i = bi[k], b = bbase[k];
+            const T wi = wr[i];
+            const int shade = feat && wi >= F->thr, ok = !bnan[k];
+            if (ok && b != cur) {
+                if (cur >= 0) {
+                    if (dens) m_flush8(g_density + cur, o, da);
+                    if (fdirty)
+                        for (int64_t c = 0; c < NC; ++c) m_flush8(g_features[c] + cur, o, fa[c]);
+                }
+                da = zero;
+                for (int64_t c = 0; c < NC; ++c) fa[c] = zero;
+                cur = b;
+                fdirty = 0;
+            }
+            const __m256 cw = _mm256_loadu_ps(bcw[k]);
+            if (dens) {
+                const T gz = sa[i] * F->step * sg[i];
+                gds += (double)gz * (double)rr[i];
+                const T gr = gz * F->scale;
+                if (ok) da = _mm256_fmadd_ps(cw, _mm256_set1_ps(gr), da);
+            }
+            if (shade && ok) {
+                fdirty = 1;
+                const T* f = fsr + i * NC;
+                for (int64_t c = 0; c < NC; ++c) {
+                    T gf = wi * grgb[c];
+                    if (F->tanh_act) gf *= 1 - f[c] * f[c];
+                    fa[c] = _mm256_fmadd_ps(cw, _mm256_set1_ps(gf), fa[c]);
+                }
+            }
+        }
+    }
+    if (cur >= 0) {
+        if (dens) m_flush8(g_density + cur, o, da);
+        if (fdirty)
+            for (int64_t c = 0; c < NC; ++c) m_flush8(g_features[c] + cur, o, fa[c]);
+    }
+    return gds;
+}
+#endif
+
 /* Backward of march_fwd for hit rays j in [j0, j1), given the forward's w, raw and fs and the gradients of its
    outputs (g_w (n, K) may be NULL; g_feat (R, C), g_depth (R,), g_op (R,)). parts (MARCH_DENSITY |
    MARCH_FEATURES) says what to do, so two threads can take one part each over every ray:
@@ -558,6 +645,20 @@ static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0
         }
         /* scatter, in order: density (every sample with w != 0), features (w >= thr); a block of samples' cells
            and weights at once (vectorised) */
+#if FAST_FLOAT && defined(__AVX2__) && defined(__FMA__)
+        if (C <= 4) { /* the cell sums in registers */
+            const T* fsr = fs + off * C;
+            double gds;
+            switch (C) {
+            case 1: gds = FN(m_scatter_v)(F, s, d, m, wr, rr, sa, sg, fsr, grgb, dens, feat, g_density, g_features, 1); break;
+            case 2: gds = FN(m_scatter_v)(F, s, d, m, wr, rr, sa, sg, fsr, grgb, dens, feat, g_density, g_features, 2); break;
+            case 3: gds = FN(m_scatter_v)(F, s, d, m, wr, rr, sa, sg, fsr, grgb, dens, feat, g_density, g_features, 3); break;
+            default: gds = FN(m_scatter_v)(F, s, d, m, wr, rr, sa, sg, fsr, grgb, dens, feat, g_density, g_features, 4);
+            }
+            if (dens) g_dscale[j] = gds * (double)F->scale;
+            continue;
+        }
+#endif
         int64_t cur = -1;
         int fdirty = 0; /* facc holds something to flush */
         double gds = 0;
