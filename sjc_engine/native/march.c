@@ -606,12 +606,14 @@ static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0
     T* sg = scratch + 2 * K; /* sigmoid(z_i) */
     for (int64_t jj = j0; jj < j1; ++jj) {
         const int64_t j = Rs->order ? Rs->order[jj] : jj;
-        const int64_t m = Rs->kept[j], off = j * K + (Rs->first ? Rs->first[j] : 0), r = Rs->ray[j];
+        const int64_t off = j * K + (Rs->first ? Rs->first[j] : 0), r = Rs->ray[j];
         const T* s = Rs->start + 3 * j;
         const T* d = Rs->delta + 3 * j;
         const T* wr = w + off;
         const T* rr = raw + off;
         const T* grgb = g_feat + r * C;
+        int64_t m = Rs->kept[j];
+        while (m > 0 && wr[m - 1] == 0) --m; /* samples past the last weighted one (a stopped ray's) give nothing */
         if (dens) {
             /* forward: T_{i+1} and a_i */
             const T* gwr = g_w ? g_w + off : NULL;
