@@ -36,9 +36,10 @@ from sjc_engine.cameras import Camera
 from sjc_engine.composite import WEIGHT_THRESHOLD, composite
 from sjc_engine.field import VoxelField
 from sjc_engine.march import HitRays, fused_supported, render_hit_rays
+from sjc_engine.native import kernel, native_supports
 
-__all__ = ["BG_DEPTH", "WEIGHT_THRESHOLD", "RenderOutput", "composite", "ray_box", "render_image", "render_images",
-           "render_rays"]
+__all__ = ["BG_DEPTH", "WEIGHT_THRESHOLD", "RenderOutput", "clip_rays", "composite", "ray_box", "render_image",
+           "render_images", "render_rays"]
 
 BG_DEPTH = 10.0
 
@@ -79,6 +80,36 @@ def ray_box(origins: Tensor, dirs: Tensor, bbox: float) -> tuple[Tensor, Tensor]
     return t_min, t_max
 
 
+def clip_rays(
+    origins: Tensor, dirs: Tensor, bbox: float, step: float, grid_size: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The rays that hit the box ``[-bbox, bbox]^3`` and their samples every ``step`` (world units).
+
+    Returns ``hit`` (n,) int64 indices of the rays whose first sample lies inside the box, ``counts`` (n,) their
+    samples (``i * step < t_max - t_min``), ``t0`` (n,) the distance of the first sample (:func:`ray_box`'s entry),
+    and in the voxel index coordinates of an ``grid_size^3`` grid ``start`` (n, 3), the first sample, and
+    ``delta`` (n, 3), the step between samples. One C pass (``ray_setup``: the same float arithmetic, so the same
+    bits) where the kernels take the tensors, else torch ops.
+    """
+    scale = (grid_size - 1) / (2.0 * bbox)
+    if native_supports(origins, dirs):
+        R = origins.shape[0]
+        o, d = origins.detach().contiguous(), dirs.detach().contiguous()  # (R, 3) each
+        hit, counts = torch.empty(R, dtype=torch.long), torch.empty(R, dtype=torch.long)  # (R,) each, first n used
+        t0, start, delta = o.new_empty(R), o.new_empty(R, 3), o.new_empty(R, 3)
+        n = kernel("ray_setup", o.dtype)(o.data_ptr(), d.data_ptr(), R, bbox, step, scale, step * scale,
+                                         hit.data_ptr(), counts.data_ptr(), t0.data_ptr(), start.data_ptr(),
+                                         delta.data_ptr())
+        return hit[:n], counts[:n], t0[:n], start[:n], delta[:n]
+    t_min, t_max = ray_box(origins, dirs, bbox)
+    counts = torch.ceil((t_max - t_min) / step).clamp(min=0).long()  # (R,) samples with i * step < t_max - t_min
+    hit = (counts > 0).nonzero().squeeze(1)  # (n,)
+    t0 = t_min[hit]  # (n,)
+    start = (origins[hit] + t0[:, None] * dirs[hit] + bbox) * scale  # (n, 3)
+    delta = dirs[hit] * (step * scale)  # (n, 3)
+    return hit, counts[hit], t0, start, delta
+
+
 def render_rays(
     field: VoxelField,
     origins: Tensor,
@@ -113,11 +144,10 @@ def render_rays(
     R, C, N = origins.shape[0], field.channels, field.grid_size
     step = step_ratio * field.voxel_size
 
-    # 1. clip rays to the box; keep the ones that hit it
-    t_min, t_max = ray_box(origins, dirs, field.bbox)
-    counts = torch.ceil((t_max - t_min) / step).clamp(min=0).long()  # (R,) samples with i * step < t_max - t_min
-    hit = (counts > 0).nonzero().squeeze(1)  # (n,)
-    counts = counts[hit]
+    # 1-2. clip rays to the box, keep the ones that hit it; sample i of hit ray j sits at t0[j] + i * step, at
+    # start[j] + i * delta[j] in voxel index coordinates, in a dense (n, k) layout (the reference's); the lookup
+    # skips, and zeroes, samples past each ray's end
+    hit, counts, t0, start, delta = clip_rays(origins, dirs, field.bbox, step, N)
     n = hit.numel()
     k = int(counts.max()) if n else 0
     if background is None:
@@ -130,12 +160,6 @@ def render_rays(
         zeros = origins.new_zeros(R)
         return RenderOutput(bg, zeros + bg_depth, zeros, origins.new_zeros(0) + field.density.sum() * 0)
 
-    # 2. samples: sample i of hit ray r sits at t_min[r] + i * step, in voxel index coordinates, in a dense
-    # (n, k) layout (the reference's); the lookup skips, and zeroes, samples past each ray's end
-    scale = (N - 1) / (2.0 * field.bbox)
-    t0 = t_min[hit]  # (n,)
-    start = (origins[hit] + t0[:, None] * dirs[hit] + field.bbox) * scale  # (n, 3)
-    delta = dirs[hit] * (step * scale)  # (n, 3)
     # with an occupancy grid, each ray's samples are clipped to the occupied cells' bounding box: samples
     # [first, first + kept) of a ray, the rest (skipped by the lookup anyway) cost nothing from here on
     first, kept, k_kept = None, counts, k

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from sjc_engine.cameras import spherical_camera
 from sjc_engine.field import VoxelField
 from sjc_engine.losses import emptiness_loss
-from sjc_engine.renderer import render_image, render_images, render_rays
+from sjc_engine import renderer
+from sjc_engine.native import native_lib
+from sjc_engine.renderer import clip_rays, render_image, render_images, render_rays
 from tests.fixtures.render import param_inputs, render_with
 
 
@@ -196,3 +198,27 @@ def test_render_images_over_given_backgrounds() -> None:
         assert torch.allclose(colours.grad[v], (1 - o.opacity.detach()).sum().expand(3))
     with pytest.raises(ValueError, match="backgrounds must be"):
         render_images(field, cams, 1.0, backgrounds=colours[:1])
+
+
+@pytest.mark.skipif(native_lib() is None, reason="the C kernels are not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_clip_rays_kernel_gives_the_torch_ops_bits(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ray_setup`` keeps the same rays with the same counts, first samples and steps, to the bit, as the torch
+    ops (``render_images`` splits a batch's views by counting in torch)."""
+    g = torch.Generator().manual_seed(3)
+    origins, dirs = _rays(400, seed=3, dtype=dtype)  # from 1.6 away towards the middle of the box
+    dirs[300:] = torch.randn(100, 3, generator=g, dtype=dtype)  # and anywhere
+    dirs[300:] /= dirs[300:].norm(dim=-1, keepdim=True)
+    dirs[:20, 1] = 0.0  # parallel to a face
+    origins[20:30] = 0.3 * torch.rand(10, 3, generator=g, dtype=dtype)  # inside the box
+    origins[30, 1], dirs[31, 2] = float("nan"), float("nan")
+    origins[32:40] = torch.tensor([1.0, 0.2, -3.0], dtype=dtype)  # on the plane of a face
+    dirs[40:45] *= 1e-10  # below the 1e-9 floor
+    for bbox, n, step in ((1.0, 64, 1 / 64), (0.5, 7, 0.3), (1.3, 100, 0.0041)):
+        native = clip_rays(origins, dirs, bbox, step, n)
+        with monkeypatch.context() as m:
+            m.setattr(renderer, "native_supports", lambda *tensors: False)
+            ref = clip_rays(origins, dirs, bbox, step, n)
+        assert 50 < native[0].numel() < 400  # some rays miss the box, most hit it
+        for a, b in zip(native, ref):
+            assert a.dtype == b.dtype and torch.equal(a, b)
