@@ -1,9 +1,10 @@
 """Small C kernels for the CPU hot paths (the fused renderer, trilinear lookups along rays, volume compositing,
-the Adamax step), called via ``ctypes``.
+the Adamax step, the regularisers), called via ``ctypes``.
 
-The C sources (``march.c``, ``rays.c``, ``trilinear.c``, ``composite.c``, ``adamax.c``) ship with the package and
-are compiled on first use (see :mod:`sjc_engine.native.build`: ``$CC``, ``$SJC_NATIVE_CACHE``, ``SJC_NATIVE=0``).
-Callers check :func:`native_supports` and fall back to their torch path where it is False::
+The C sources (``march.c``, ``rays.c``, ``trilinear.c``, ``composite.c``, ``adamax.c``, ``regularisers.c``) ship
+with the package and are compiled on first use (see :mod:`sjc_engine.native.build`: ``$CC``,
+``$SJC_NATIVE_CACHE``, ``SJC_NATIVE=0``). Callers check :func:`native_supports` and fall back to their torch path
+where it is False::
 
     if native_supports(x, grid):
         kernel("tri_fwd", x.dtype)(..., pointer_array(planes), ...)
@@ -42,7 +43,8 @@ def kernel(name: str, dtype: torch.dtype) -> Any:
 
     Args:
         name: the kernel's name without its type suffix: ``march_fwd``, ``march_bwd``, ``march_order``,
-            ``ray_setup``, ``tri_fwd``, ``tri_bwd``, ``comp_fwd``, ``comp_bwd``, ``adamax``.
+            ``ray_setup``, ``tri_fwd``, ``tri_bwd``, ``comp_fwd``, ``comp_bwd``, ``adamax``, ``smooth_fwd``,
+            ``empty_fwd``, ``empty_bwd``.
         dtype: torch.float32 or torch.float64.
     """
     lib = native_lib()

@@ -1,5 +1,5 @@
-"""Build, cache and load the C kernels (``march.c``, ``rays.c``, ``trilinear.c``, ``composite.c``, ``adamax.c``
-beside this file) with ``ctypes``.
+"""Build, cache and load the C kernels (``march.c``, ``rays.c``, ``trilinear.c``, ``composite.c``, ``adamax.c``,
+``regularisers.c`` beside this file) with ``ctypes``.
 
 The sources are compiled once with the system C compiler (``$CC``, default ``cc``) into one shared library,
 with AVX2/FMA code where the CPU has it (falling back to plain flags if that build fails), and cached in
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-SOURCES = ("trilinear.c", "composite.c", "adamax.c", "march.c", "rays.c")  # in this folder, compiled together into one library
+SOURCES = ("trilinear.c", "composite.c", "adamax.c", "march.c", "rays.c", "regularisers.c")  # in this folder, compiled together into one library
 HEADERS = ("corner.h",)  # included by the sources: part of the cache key
 NATIVE_DTYPES = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}  # dtype -> (C type, suffix)
 BASE_FLAGS = ["-O3", "-shared", "-fPIC"]
@@ -69,7 +69,11 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"march_range_{suf}").restype = None
         getattr(lib, f"ray_setup_{suf}").argtypes = [vp, vp, i64, fl, fl, fl, fl, vp, vp, vp, vp, vp]
         getattr(lib, f"ray_setup_{suf}").restype = i64
-        for name in ("tri_fwd", "tri_bwd", "comp_fwd", "comp_bwd", "adamax", "march_fwd"):
+        getattr(lib, f"smooth_fwd_{suf}").argtypes = [vp, i64, i64, vp]
+        getattr(lib, f"smooth_fwd_{suf}").restype = ctypes.c_double
+        getattr(lib, f"empty_fwd_{suf}").argtypes = [vp, i64, i64, vp, vp, vp, fl, vp]
+        getattr(lib, f"empty_bwd_{suf}").argtypes = [vp, i64, i64, i64, vp, vp, vp, fl, vp, vp]
+        for name in ("tri_fwd", "tri_bwd", "comp_fwd", "comp_bwd", "adamax", "march_fwd", "empty_fwd", "empty_bwd"):
             getattr(lib, f"{name}_{suf}").restype = None
     lib.adamax_hw_fma.argtypes, lib.adamax_hw_fma.restype = [], ctypes.c_int
     lib.march_max_channels.argtypes, lib.march_max_channels.restype = [], ctypes.c_int
