@@ -11,10 +11,11 @@
   is positive when the object sits in the centre, and minimising the loss pulls it there. The log's argument
   is clamped to ``eps`` so it is never non-positive.
 
-On the CPU the emptiness and smoothness losses run as one C pass each way (``native/regularisers.c``: the
-emptiness skips zero weights, the smoothness writes its gradient with its value) where the kernels take the
-tensor, else as torch ops; the two agree to float rounding (``tests/engine/test_losses.py``). In a 64^3 run at
-4 views they were a fifth of a step as torch ops.
+On the CPU the smoothness loss is one C pass that writes its gradient with its value (``native/regularisers.c``)
+where the kernels take the tensor, else torch ops; the two agree to float rounding (``tests/engine/test_losses.py``).
+The loop's emptiness loss comes from the renderer (``RenderOutput.emptiness``: the fused kernels sum each ray's
+weighted samples, the zeros of the dense layout add nothing); :func:`emptiness_loss` computes the same from the
+weights. As torch ops over a 64^3 field at 4 views the two were a fifth of a step.
 """
 
 from __future__ import annotations
@@ -25,32 +26,6 @@ import torch
 from torch import Tensor
 
 from sjc_engine.native import kernel, native_supports
-
-
-class _Emptiness(torch.autograd.Function):
-    """``empty_fwd``/``empty_bwd`` over a flat weights tensor: mean(log1p(scale w)) and its gradient."""
-
-    @staticmethod
-    def forward(ctx: Any, weights: Tensor, scale: float) -> Tensor:
-        w = weights.detach().contiguous()  # (S,)
-        n = w.numel()
-        r0, nr, nk = (torch.tensor([v], dtype=torch.int64) for v in (0, 1, n))  # one block: the whole tensor
-        loss = torch.zeros(1, dtype=torch.float64)
-        kernel("empty_fwd", w.dtype)(w.data_ptr(), n, 1, r0.data_ptr(), nr.data_ptr(), nk.data_ptr(), scale,
-                                     loss.data_ptr())
-        ctx.save_for_backward(w)
-        ctx.scale, ctx.blocks = scale, (r0, nr, nk)
-        return loss.to(w.dtype).reshape(())
-
-    @staticmethod
-    def backward(ctx: Any, g: Tensor) -> Any:
-        (w,) = ctx.saved_tensors
-        r0, nr, nk = ctx.blocks
-        grad = torch.empty_like(w)
-        g_loss = g.detach().reshape(1).to(torch.float64).contiguous()
-        kernel("empty_bwd", w.dtype)(w.data_ptr(), 1, w.numel(), 1, r0.data_ptr(), nr.data_ptr(), nk.data_ptr(),
-                                     ctx.scale, g_loss.data_ptr(), grad.data_ptr())
-        return grad, None
 
 
 class _Smoothness(torch.autograd.Function):
@@ -75,8 +50,6 @@ def emptiness_loss(weights: Tensor, scale: float = 10.0) -> Tensor:
     """``mean(log(1 + scale * w))`` over the compositing weights ``w`` (any shape)."""
     if weights.numel() == 0:
         return weights.new_zeros(())
-    if native_supports(weights):
-        return _Emptiness.apply(weights.reshape(-1), float(scale))
     return torch.log1p(scale * weights).mean()
 
 

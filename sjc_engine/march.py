@@ -46,7 +46,7 @@ def _field_struct(ctype: Any) -> type[ctypes.Structure]:
     return type("FieldT", (ctypes.Structure,), {"_fields_": [
         ("n", i64), ("density", vp), ("feats", vp), ("C", i64), ("scale", ctype), ("shift", ctype),
         ("step", ctype), ("tanh_act", i64), ("thr", ctype), ("occ", vp), ("g", i64), ("coarse", vp),
-        ("t_stop", ctype)]})
+        ("t_stop", ctype), ("empty_scale", ctype)]})
 
 
 class _RaysT(ctypes.Structure):
@@ -127,6 +127,7 @@ class _Settings:
     step: float
     threshold: float
     bg_depth: float
+    empty_scale: float = 0.0  # > 0: each hit ray's emptiness sum, sum_i log(1 + empty_scale w_i), is made
 
 
 def _field_args(
@@ -159,14 +160,15 @@ def _field_args(
     s = _STRUCTS[dtype](
         n=cfg.N, density=density, feats=planes, C=cfg.C, scale=scale, shift=cfg.shift, step=cfg.step,
         tanh_act=int(cfg.tanh), thr=cfg.threshold, occ=occ, g=grid.coarse_size if grid is not None else 0,
-        coarse=coarse, t_stop=grid.stop_transmittance if grid is not None else 0.0,
+        coarse=coarse, t_stop=grid.stop_transmittance if grid is not None else 0.0, empty_scale=cfg.empty_scale,
     )
     return s, keep
 
 
 class _FusedRender(torch.autograd.Function):
     """``march_fwd``/``march_bwd`` as one autograd node: (density, features, d_scale, bg) in; features (R, C),
-    depth (R,), opacity (R,), dense weights (n, K) and per-ray counts (n, 2) out."""
+    depth (R,), opacity (R,), dense weights (n, K), per-ray counts (n, 2) and emptiness sums (n,) (empty unless
+    ``cfg.empty_scale > 0``) out."""
 
     @staticmethod
     def forward(ctx: Any, density: Tensor, features: Tensor, d_scale: Tensor, bg: Tensor, rays: HitRays,
@@ -182,10 +184,11 @@ class _FusedRender(torch.autograd.Function):
         depth = bg.new_full((R,), cfg.bg_depth)  # (R,)
         opacity = bg.new_zeros(R)  # (R,)
         stats = torch.empty(n, 2, dtype=torch.int64)  # (n, 2) looked up, shaded
+        empty = bg.new_empty(n if cfg.empty_scale > 0 else 0)  # (n,) emptiness sums
         bgc = bg.detach().contiguous()
         fn = kernel("march_fwd", dtype)
         outs = (w.data_ptr(), raw.data_ptr(), fs.data_ptr(), feat.data_ptr(), depth.data_ptr(), opacity.data_ptr(),
-                stats.data_ptr())
+                stats.data_ptr(), empty.data_ptr() if empty.numel() else None)
         cuts = split_rays(n, K)
         run_jobs([partial(fn, ctypes.byref(fld), ctypes.byref(rs), a, b, bgc.data_ptr(), cfg.bg_depth, *outs)
                   for a, b in zip(cuts, cuts[1:])])
@@ -194,11 +197,11 @@ class _FusedRender(torch.autograd.Function):
         ctx.rays, ctx.cfg, ctx.scale = rays, cfg, scale
         ctx.mark_non_differentiable(stats)
         ctx.set_materialize_grads(False)  # unused outputs' gradients stay None (no zero (n, K) weights gradient)
-        return feat, depth, opacity, w, stats
+        return feat, depth, opacity, w, stats, empty
 
     @staticmethod
     def backward(ctx: Any, g_feat: Tensor | None, g_depth: Tensor | None, g_op: Tensor | None,
-                 g_w: Tensor | None, _g_stats: Tensor | None) -> Any:
+                 g_w: Tensor | None, _g_stats: Tensor | None, g_empty: Tensor | None) -> Any:
         w, raw, fs, bg, opacity = ctx.saved_tensors
         rays, cfg = ctx.rays, ctx.cfg
         n, R, C, N, dtype = w.shape[0], bg.shape[0], cfg.C, cfg.N, w.dtype
@@ -208,6 +211,7 @@ class _FusedRender(torch.autograd.Function):
         g_depth = g_depth.contiguous() if g_depth is not None else bg.new_zeros(R)
         g_op = g_op.contiguous() if g_op is not None else bg.new_zeros(R)
         g_w = g_w.contiguous() if g_w is not None else None
+        g_empty = g_empty.contiguous() if g_empty is not None and g_empty.numel() else None
         g_bg = g_feat * (1.0 - opacity)[:, None] if ctx.needs_input_grad[3] else None  # (R, C)
         if not (need_d or need_f):
             return None, None, None, g_bg, None, None, None
@@ -220,7 +224,7 @@ class _FusedRender(torch.autograd.Function):
         fn = kernel("march_bwd", dtype)
         args = (ctypes.byref(fld), ctypes.byref(rs), 0, n, bg.data_ptr(), cfg.bg_depth, w.data_ptr(), raw.data_ptr(),
                 fs.data_ptr(), g_w.data_ptr() if g_w is not None else None, g_feat.data_ptr(), g_depth.data_ptr(),
-                g_op.data_ptr())
+                g_op.data_ptr(), g_empty.data_ptr() if g_empty is not None else None)
         outs = (g_dens.data_ptr() if g_dens is not None else None, fplanes, g_ds.data_ptr())
         parts = [p for p, on in ((DENSITY_PART, need_d), (FEATURES_PART, need_f)) if on]
         if len(split_rays(n, rays.K)) > 2 and len(parts) == 2:  # two threads: one part each over every ray
@@ -238,8 +242,9 @@ class _FusedRender(torch.autograd.Function):
 
 
 def render_hit_rays(
-    field: VoxelField, rays: HitRays, bg: Tensor, step: float, threshold: float, bg_depth: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor, int, int]:
+    field: VoxelField, rays: HitRays, bg: Tensor, step: float, threshold: float, bg_depth: float,
+    empty_scale: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, int, int]:
     """Render the hit rays of a batch of ``R`` rays through ``field`` with the fused kernels.
 
     Args:
@@ -249,19 +254,21 @@ def render_hit_rays(
         step: march step in world units.
         threshold: features of samples with a smaller weight are left out.
         bg_depth: depth given to the background's share.
+        empty_scale: > 0: also each hit ray's emptiness sum ``sum_i log(1 + empty_scale * w_i)`` (default 0: not
+            made).
 
     Returns:
-        ``features`` (R, C), ``depth`` (R,), ``opacity`` (R,), ``weights`` (n, K) dense, differentiable with
-        respect to the field's density, features, ``d_scale`` and ``bg``; then the samples looked up and the
-        samples shaded (``w >= threshold``).
+        ``features`` (R, C), ``depth`` (R,), ``opacity`` (R,), ``weights`` (n, K) dense and the emptiness sums
+        (n,) (None unless asked for), differentiable with respect to the field's density, features, ``d_scale``
+        and ``bg``; then the samples looked up and the samples shaded (``w >= threshold``).
     """
     if field.channels != bg.shape[1]:
         raise ValueError(f"bg must be (R, {field.channels}), got {tuple(bg.shape)}")
     cfg = _Settings(field.grid_size, field.channels, field.density_shift, field.feature_activation == "tanh",
-                    float(step), float(threshold), float(bg_depth))
+                    float(step), float(threshold), float(bg_depth), float(empty_scale))
     if rays.order is None and rays.ray.shape[0] * rays.K >= SORT_MIN_SAMPLES:
         rays.sort()
-    feat, depth, opacity, w, stats = _FusedRender.apply(
+    feat, depth, opacity, w, stats, empty = _FusedRender.apply(
         field.density, field.features, field.d_scale, bg.contiguous(), rays, cfg, field.occupancy_grid)
     looked, shaded = stats.sum(0).tolist()
-    return feat, depth, opacity, w, int(looked), int(shaded)
+    return feat, depth, opacity, w, empty if empty_scale > 0 else None, int(looked), int(shaded)

@@ -40,7 +40,7 @@ from sjc_engine.cameras import sample_camera, spherical_camera, view_prompt
 from sjc_engine.config import SJCConfig
 from sjc_engine.denoisers.base import Denoiser
 from sjc_engine.field import NEUTRAL_BACKGROUND, VoxelField
-from sjc_engine.losses import center_depth_loss, emptiness_loss, emptiness_weight, smoothness_loss
+from sjc_engine.losses import center_depth_loss, emptiness_weight, smoothness_loss
 from sjc_engine.native.adamax import FusedAdamax
 from sjc_engine.occupancy import DEFAULT_SETTINGS, OccupancyGrid, OccupancySettings
 from sjc_engine.paas import paas_grad
@@ -235,7 +235,8 @@ def run_sjc(
         backgrounds = None
         if config.background == "random":  # one flat colour per view, uniform in [-1, 1]^C
             backgrounds = torch.rand(len(cams), field.channels, generator=rng.noise).mul_(2).sub_(1)  # (V, C)
-        outs = render_images(field, cams, config.step_ratio, backgrounds=backgrounds)  # one batch of rays
+        outs = render_images(field, cams, config.step_ratio, backgrounds=backgrounds,  # one batch of rays
+                             emptiness_scale=config.emptiness_scale)
         y = torch.stack([out.image for out in outs])  # (V, C, H, W)
         y_model = y
         if y.shape[-1] != denoiser.image_size:
@@ -250,7 +251,7 @@ def run_sjc(
 
         opt.zero_grad(set_to_none=True)
         w_e = emptiness_weight(step, total, config.emptiness_weight, config.emptiness_multiplier, config.emptiness_step)
-        l_empty = torch.stack([emptiness_loss(out.weights, config.emptiness_scale) for out in outs]).mean()
+        l_empty = torch.stack([out.emptiness for out in outs]).mean()  # emptiness_loss of each view's weights
         reg = w_e * l_empty
         l_depth = l_smooth = None
         if config.center_depth_weight > 0:

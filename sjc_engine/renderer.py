@@ -57,6 +57,10 @@ class RenderOutput:
         image: (C, H, W) the features as an image (``render_image`` only).
         n_samples: samples looked up (inside the box; without the skipped ones when the field has an occupancy grid).
         n_shaded: samples whose features are composited (``w >= 1e-4``); the others add no feature gradient.
+        emptiness: with an ``emptiness_scale``, the emptiness loss of ``weights``,
+            ``mean(log(1 + emptiness_scale * weights))`` (:func:`sjc_engine.losses.emptiness_loss`), made by the
+            fused kernels from the weighted samples alone (the zeros of the dense layout add nothing); else None.
+        ray_emptiness: with an ``emptiness_scale``, its sum over each hit ray's row of ``weights`` (n,); else None.
     """
 
     features: Tensor
@@ -66,6 +70,8 @@ class RenderOutput:
     image: Tensor | None = None
     n_samples: int = 0
     n_shaded: int = 0
+    emptiness: Tensor | None = None
+    ray_emptiness: Tensor | None = None
 
 
 def ray_box(origins: Tensor, dirs: Tensor, bbox: float) -> tuple[Tensor, Tensor]:
@@ -119,6 +125,7 @@ def render_rays(
     bg_depth: float = BG_DEPTH,
     weight_threshold: float = WEIGHT_THRESHOLD,
     background: Tensor | None = None,
+    emptiness_scale: float | None = None,
 ) -> RenderOutput:
     """Render rays through ``field``.
 
@@ -131,6 +138,8 @@ def render_rays(
         weight_threshold: features of samples with a smaller weight are left out (reference: 1e-4).
         background: (R, C) rendered background features of each ray in place of the field's texture
             (default None: :meth:`VoxelField.background`).
+        emptiness_scale: also the emptiness loss of the weights at this scale (``RenderOutput.emptiness`` and
+            ``ray_emptiness``; default None: not made).
 
     Returns:
         :class:`RenderOutput` with ``features`` (R, C), ``depth`` (R,), ``opacity`` (R,), ``weights`` (S,),
@@ -159,7 +168,9 @@ def render_rays(
         bg = background.to(dev, dtype)
     if n == 0 or k == 0:
         zeros = origins.new_zeros(R)
-        return RenderOutput(bg, zeros + bg_depth, zeros, origins.new_zeros(0) + field.density.sum() * 0)
+        none = origins.new_zeros(0) + field.density.sum() * 0
+        empty = none.sum() if emptiness_scale is not None else None
+        return RenderOutput(bg, zeros + bg_depth, zeros, none, None, 0, 0, empty, none if empty is not None else None)
 
     # with an occupancy grid, each ray's samples are clipped to the occupied cells' bounding box: samples
     # [first, first + kept) of a ray, the rest (skipped by the lookup anyway) cost nothing from here on
@@ -172,9 +183,10 @@ def render_rays(
     if fused_supported(field, start):  # 3-6 in one native pass per ray
         rays = HitRays(hit, start.contiguous(), delta.contiguous(), t0.contiguous(),
                        first.contiguous() if first is not None else None, kept.contiguous(), k)
-        features, depth, op, weights, n_looked, n_shaded = render_hit_rays(field, rays, bg, step, weight_threshold,
-                                                                           bg_depth)
-        return RenderOutput(features, depth, op, weights.reshape(-1), None, n_looked, n_shaded)
+        features, depth, op, weights, ray_empty, n_looked, n_shaded = render_hit_rays(
+            field, rays, bg, step, weight_threshold, bg_depth, emptiness_scale or 0.0)
+        empty = ray_empty.sum() / weights.numel() if ray_empty is not None else None
+        return RenderOutput(features, depth, op, weights.reshape(-1), None, n_looked, n_shaded, empty, ray_empty)
     ticks = torch.arange(k_kept, device=dev, dtype=dtype)  # (k_kept,)
     inside = ticks[None, :] < kept[:, None]  # (n, k_kept), a prefix of each row
 
@@ -198,7 +210,11 @@ def render_rays(
     features = acc + (1.0 - op)[:, None] * bg
     depth = dep + (1.0 - op) * bg_depth
     n_looked = int(kept.sum()) if live is None else int(live.sum())
-    return RenderOutput(features, depth, op, weights.reshape(-1), None, n_looked, n_shaded)
+    empty = ray_empty = None
+    if emptiness_scale is not None:
+        ray_empty = torch.log1p(emptiness_scale * weights).sum(1)  # (n,)
+        empty = ray_empty.sum() / weights.numel()
+    return RenderOutput(features, depth, op, weights.reshape(-1), None, n_looked, n_shaded, empty, ray_empty)
 
 
 def render_image(
@@ -220,6 +236,7 @@ def render_images(
     step_ratio: float = 0.5,
     bg_depth: float = BG_DEPTH,
     backgrounds: Tensor | None = None,
+    emptiness_scale: float | None = None,
 ) -> list[RenderOutput]:
     """Render several cameras' views in one batch of rays: what ``[render_image(field, c, ...) for c in cameras]``
     returns, to float rounding of the gradients' sums, for less work.
@@ -232,7 +249,8 @@ def render_images(
     counts are not split by view).
 
     ``backgrounds`` (V, C): one flat background colour (rendered features) per view in place of the field's
-    texture (default None: the texture).
+    texture (default None: the texture). ``emptiness_scale``: each view's ``emptiness`` too, the emptiness loss of
+    its ``weights`` (made from the batch's per-ray sums; default None: not made).
     """
     if not cameras:
         return []
@@ -247,7 +265,7 @@ def render_images(
                              f"got {tuple(backgrounds.shape)}")
         sizes = torch.tensor([cam.height * cam.width for cam in cameras], device=backgrounds.device)
         per_ray = backgrounds.repeat_interleave(sizes, dim=0)  # (sum_v H_v W_v, C)
-    out = render_rays(field, origins, dirs, step_ratio, bg_depth, background=per_ray)
+    out = render_rays(field, origins, dirs, step_ratio, bg_depth, background=per_ray, emptiness_scale=emptiness_scale)
     step = step_ratio * field.voxel_size
     t_min, t_max = ray_box(origins, dirs, field.bbox)
     counts = torch.ceil((t_max - t_min) / step).clamp(min=0).long()  # (R,) as render_rays counts them
@@ -263,12 +281,17 @@ def render_images(
     else:  # no ray hits the box
         view_weights = [out.weights[:0]] * len(cameras)
     views, r0 = [], 0
-    for cam, weights in zip(cameras, view_weights):
+    for cam, weights, (h0, n_v, k_v) in zip(cameras, view_weights, blocks):
         H, W = cam.height, cam.width
         r1 = r0 + H * W
+        empty = ray_empty = None
+        if out.ray_emptiness is not None:  # the view's rays' sums over its own (n_v, k_v) layout
+            ray_empty = out.ray_emptiness[h0 : h0 + n_v]  # (n_v,)
+            empty = ray_empty.sum() / (n_v * k_v) if n_v * k_v else ray_empty.sum()
         views.append(RenderOutput(
             features=out.features[r0:r1], depth=out.depth[r0:r1].reshape(H, W), opacity=out.opacity[r0:r1].reshape(H, W),
             weights=weights, image=out.features[r0:r1].T.reshape(field.channels, H, W),  # (C, H, W)
+            emptiness=empty, ray_emptiness=ray_empty,
         ))
         r0 = r1
     return views

@@ -1,5 +1,5 @@
 """Small C kernels for the CPU hot paths (the fused renderer, trilinear lookups along rays, volume compositing,
-the Adamax step, the regularisers), called via ``ctypes``.
+the Adamax step, the smoothness loss), called via ``ctypes``.
 
 The C sources (``march.c``, ``rays.c``, ``trilinear.c``, ``composite.c``, ``adamax.c``, ``regularisers.c``) ship
 with the package and are compiled on first use (see :mod:`sjc_engine.native.build`: ``$CC``,
@@ -43,8 +43,7 @@ def kernel(name: str, dtype: torch.dtype) -> Any:
 
     Args:
         name: the kernel's name without its type suffix: ``march_fwd``, ``march_bwd``, ``march_order``,
-            ``ray_setup``, ``tri_fwd``, ``tri_bwd``, ``comp_fwd``, ``comp_bwd``, ``adamax``, ``smooth_fwd``,
-            ``empty_fwd``, ``empty_bwd``.
+            ``ray_setup``, ``tri_fwd``, ``tri_bwd``, ``comp_fwd``, ``comp_bwd``, ``adamax``, ``smooth_fwd``.
         dtype: torch.float32 or torch.float64.
     """
     lib = native_lib()

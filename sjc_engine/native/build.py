@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 SOURCES = ("trilinear.c", "composite.c", "adamax.c", "march.c", "rays.c", "regularisers.c")  # in this folder, compiled together into one library
-HEADERS = ("corner.h",)  # included by the sources: part of the cache key
+HEADERS = ("corner.h", "log1p.h")  # included by the sources: part of the cache key
 NATIVE_DTYPES = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}  # dtype -> (C type, suffix)
 BASE_FLAGS = ["-O3", "-shared", "-fPIC"]
 _X86_V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}  # /proc/cpuinfo names
@@ -60,8 +60,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"comp_fwd_{suf}").argtypes = [vp, vp, i64, vp, fl, vp, i64, i64, i64, fl, vp, vp, vp, vp]
         getattr(lib, f"comp_bwd_{suf}").argtypes = [vp, vp, i64, vp, fl, vp, i64, i64, i64, fl] + [vp] * 7
         getattr(lib, f"adamax_{suf}").argtypes = [vp, vp, vp, vp, i64, i64, fl, fl, fl, fl]
-        getattr(lib, f"march_fwd_{suf}").argtypes = [vp, vp, i64, i64, vp, fl] + [vp] * 7
-        getattr(lib, f"march_bwd_{suf}").argtypes = [vp, vp, i64, i64, vp, fl] + [vp] * 7 + [i64, vp, vp, vp]
+        getattr(lib, f"march_fwd_{suf}").argtypes = [vp, vp, i64, i64, vp, fl] + [vp] * 8
+        getattr(lib, f"march_bwd_{suf}").argtypes = [vp, vp, i64, i64, vp, fl] + [vp] * 8 + [i64, vp, vp, vp]
         getattr(lib, f"march_bwd_{suf}").restype = ctypes.c_int
         getattr(lib, f"march_order_{suf}").argtypes = [vp, i64, vp]
         getattr(lib, f"march_order_{suf}").restype = ctypes.c_int
@@ -71,9 +71,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"ray_setup_{suf}").restype = i64
         getattr(lib, f"smooth_fwd_{suf}").argtypes = [vp, i64, i64, vp]
         getattr(lib, f"smooth_fwd_{suf}").restype = ctypes.c_double
-        getattr(lib, f"empty_fwd_{suf}").argtypes = [vp, i64, i64, vp, vp, vp, fl, vp]
-        getattr(lib, f"empty_bwd_{suf}").argtypes = [vp, i64, i64, i64, vp, vp, vp, fl, vp, vp]
-        for name in ("tri_fwd", "tri_bwd", "comp_fwd", "comp_bwd", "adamax", "march_fwd", "empty_fwd", "empty_bwd"):
+        for name in ("tri_fwd", "tri_bwd", "comp_fwd", "comp_bwd", "adamax", "march_fwd"):
             getattr(lib, f"{name}_{suf}").restype = None
     lib.adamax_hw_fma.argtypes, lib.adamax_hw_fma.restype = [], ctypes.c_int
     lib.march_max_channels.argtypes, lib.march_max_channels.restype = [], ctypes.c_int

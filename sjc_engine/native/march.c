@@ -6,8 +6,9 @@
    march, skip samples in empty coarse cells (occupancy bits), trilinear lookup of the raw density,
    sigma = softplus(raw * scale + shift), tau = sigma * step, compositing w_i = (1 - e^-tau_i) T_i with
    T_{i+1} = T_i - w_i, stop once T < t_stop (with an occupancy grid), features looked up, activated
-   (identity or tanh) and composited only where w_i >= thr (so none past the stop), and the background blend. The backward walks each ray twice
-   (forward: T_{i+1} and a_i; reverse: g_tau), then once more to scatter straight into the grids' gradients.
+   (identity or tanh) and composited only where w_i >= thr (so none past the stop), the background blend, and on
+   request the ray's emptiness sum (sum_i log(1 + s w_i)). The backward walks each ray twice (forward: T_{i+1} and
+   a_i; reverse: g_tau), then once more to scatter straight into the grids' gradients.
    Kernels: march_fwd, march_bwd; march_order (a cache-friendly order to walk the rays in) and march_range
    (OccupancyGrid.sample_range: each ray's samples that can meet the occupied cells' bounding box).
 
@@ -17,8 +18,8 @@
    index (x n + y) n + z. Samples are clamped into the grid as in trilinear.c.
 
    The typed kernels below are compiled once per element type: this file includes itself with T (float,
-   double), SUF (f32, f64), FAST_FLOAT, EXP, EXPM1, LOG1P and TANH defined, and FN(name) names a kernel name_f32 /
-   name_f64. */
+   double), SUF (f32, f64), FAST_FLOAT, EXP, EXPM1, LOG1P, TANH and LOG1PV (m_log1pf for float) defined, and
+   FN(name) names a kernel name_f32 / name_f64. */
 #ifndef SJC_M_TYPED
 #define SJC_M_TYPED
 /* no FP traps are enabled, so the branch-free blocks below may evaluate both sides of a select: that lets
@@ -31,6 +32,7 @@
 #endif
 #include <stdlib.h>
 #include <string.h>
+#include "log1p.h" /* m_log1pf */
 #define MAXC 16 /* feature channels */
 #define FN_CAT(a, b) a##_##b
 #define FN_(a, b) FN_CAT(a, b)
@@ -130,6 +132,7 @@ static inline __m128 m_hsum8x4(__m256 a, __m256 b, __m256 c, __m256 d) {
 #define EXPM1 expm1f
 #define LOG1P log1pf
 #define TANH m_tanhf
+#define LOG1PV m_log1pf
 #include __FILE__
 #undef T
 #undef SUF
@@ -137,6 +140,7 @@ static inline __m128 m_hsum8x4(__m256 a, __m256 b, __m256 c, __m256 d) {
 #undef EXPM1
 #undef LOG1P
 #undef TANH
+#undef LOG1PV
 #undef FAST_FLOAT
 
 #define T double
@@ -146,6 +150,7 @@ static inline __m128 m_hsum8x4(__m256 a, __m256 b, __m256 c, __m256 d) {
 #define EXPM1 expm1
 #define LOG1P log1p
 #define TANH tanh
+#define LOG1PV log1p
 #include __FILE__
 #undef T
 #undef SUF
@@ -153,6 +158,7 @@ static inline __m128 m_hsum8x4(__m256 a, __m256 b, __m256 c, __m256 d) {
 #undef EXPM1
 #undef LOG1P
 #undef TANH
+#undef LOG1PV
 #undef FAST_FLOAT
 
 #else /* typed kernels */
@@ -171,6 +177,7 @@ typedef struct {
     int64_t g;              /* coarse cells per side */
     const int64_t* coarse;  /* (n,) coarse cell of each fine cell index, i / cell (no division per sample) */
     T t_stop;               /* with occ: a ray stops once its transmittance is below this (0: never) */
+    T empty_scale;          /* > 0: each ray's emptiness sum, sum_i log(1 + empty_scale w_i), is made */
 } FN(field_t);
 
 /* The hit rays (see the file comment). first may be NULL (0 for every ray). */
@@ -383,16 +390,18 @@ static inline void FN(m_sigmoid)(const T* raw, int64_t nb, T scale, T shift, T* 
 /* Forward of hit rays j in [j0, j1). Writes the dense weights w (n, K) rows j (zero where no sample, or a
    skipped one), raw (n, K) the raw density of every sample with w != 0 (read by march_bwd; other entries are
    left as they are), for ray r = ray[j]: out_feat (R, C) = sum_i [w_i >= thr] w_i f_i + (1 - opacity) bg[r],
-   out_depth (R,) = sum_i w_i t_i + (1 - opacity) bg_depth, out_op (R,) = 1 - T_end; and stats (n, 2): samples
-   looked up, samples with w >= thr. Rays that miss the box are not touched (the caller fills them). */
+   out_depth (R,) = sum_i w_i t_i + (1 - opacity) bg_depth, out_op (R,) = 1 - T_end; stats (n, 2): samples
+   looked up, samples with w >= thr; and where F->empty_scale > 0, out_empty (n,) = sum_i log(1 + empty_scale w_i)
+   of hit ray j (the emptiness loss's sum over its row of the dense weights). Rays that miss the box are not
+   touched (the caller fills them). */
 void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64_t j1, const T* bg, T bg_depth,
-                   T* w, T* raw, T* fs, T* out_feat, T* out_depth, T* out_op, int64_t* stats) {
+                   T* w, T* raw, T* fs, T* out_feat, T* out_depth, T* out_op, int64_t* stats, T* out_empty) {
     const int64_t n = F->n, nn = n * n, C = F->C, K = Rs->K;
     const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
     T rgb[MAXC];
     /* a block of live samples (the next BLOCK not in empty cells): their density looked up (independent loads),
        their thickness (vectorised), their weights in order; then the features of those that count */
-    T braw[BLOCK], btau[BLOCK], bem[BLOCK], bw[BLOCK], bcw[BLOCK][8], bfeat[BLOCK * MAXC];
+    T braw[BLOCK], btau[BLOCK], bem[BLOCK], bw[BLOCK], blog[BLOCK], bcw[BLOCK][8], bfeat[BLOCK * MAXC];
     int32_t bbase[BLOCK], bi[BLOCK], bnan[BLOCK], ahead[BLOCK], bsh[BLOCK]; /* bnan 1: a NaN point (reads NaN) */
     for (int64_t jj = j0; jj < j1; ++jj) {
         const int64_t j = Rs->order ? Rs->order[jj] : jj;
@@ -404,6 +413,7 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
         T* wr = w + off;
         T* rr = raw + off;
         T trans = 1, dep = 0;
+        double empty = 0;
         int64_t looked = 0, shaded = 0, pcell = -1;
         int stopped = 0, first_block = 1;
         for (int64_t c = 0; c < C; ++c) rgb[c] = 0;
@@ -465,6 +475,10 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
             if (F->tanh_act)
                 for (int64_t t = 0; t < nsh * C; ++t) bfeat[t] = TANH(bfeat[t]); /* vectorised for float */
             shaded += nsh;
+            if (F->empty_scale > 0) { /* the emptiness sum (w = 0 adds log 1 = 0) */
+                for (int64_t k = 0; k < ns; ++k) blog[k] = LOG1PV(F->empty_scale * bw[k]); /* vectorised for float */
+                for (int64_t k = 0; k < ns; ++k) empty += (double)blog[k];
+            }
             for (int64_t k = 0; k < ns; ++k) /* the weights out, and the depth, in order */
                 if (btau[k] != 0) {
                     const int64_t ik = bi[k];
@@ -487,6 +501,7 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
         for (int64_t c = 0; c < C; ++c) out_feat[r * C + c] = rgb[c] + keep * bg[r * C + c];
         stats[2 * j] = looked;
         stats[2 * j + 1] = shaded;
+        if (F->empty_scale > 0) out_empty[j] = (T)empty;
     }
 }
 
@@ -579,10 +594,10 @@ static inline __attribute__((always_inline)) double FN(m_scatter_v)(
 #endif
 
 /* Backward of march_fwd for hit rays j in [j0, j1), given the forward's w, raw and fs and the gradients of its
-   outputs (g_w (n, K) may be NULL; g_feat (R, C), g_depth (R,), g_op (R,)). parts (MARCH_DENSITY |
-   MARCH_FEATURES) says what to do, so two threads can take one part each over every ray:
-   - MARCH_DENSITY: with a_i = g_w_i + [w_i >= thr] <g_rgb, f_i> + g_dep t_i (g_rgb = g_feat[r], g_dep =
-     g_depth[r]) and g_opacity = g_op[r] - <g_feat[r], bg[r]> - g_depth[r] bg_depth,
+   outputs (g_w (n, K) and g_empty (n,) may be NULL; g_feat (R, C), g_depth (R,), g_op (R,)). parts
+   (MARCH_DENSITY | MARCH_FEATURES) says what to do, so two threads can take one part each over every ray:
+   - MARCH_DENSITY: with a_i = g_w_i + g_empty[j] s / (1 + s w_i) (s = empty_scale) + [w_i >= thr] <g_rgb, f_i>
+     + g_dep t_i (g_rgb = g_feat[r], g_dep = g_depth[r]) and g_opacity = g_op[r] - <g_feat[r], bg[r]> - g_depth[r] bg_depth,
      g_tau_i = a_i T_{i+1} - sum_{l>i} a_l w_l + g_opacity T_end; g_z_i = g_tau_i step sigmoid(z_i) (1 where
      z_i > 20, as torch's softplus); g_density[corners] += cw g_z_i scale, g_dscale[j] = scale sum_i g_z_i raw_i.
    - MARCH_FEATURES: g_features[c][corners] += cw w_i g_rgb_c (times 1 - f_c^2 for tanh) where w_i >= thr.
@@ -590,8 +605,8 @@ static inline __attribute__((always_inline)) double FN(m_scatter_v)(
    cell are summed before one scatter of the cell. scratch: 3 K values. */
 static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64_t j1, const T* bg,
                           T bg_depth, const T* w, const T* raw, const T* fs, const T* g_w, const T* g_feat,
-                          const T* g_depth, const T* g_op, int64_t parts, T* g_density, T* const* g_features,
-                          double* g_dscale, T* scratch) {
+                          const T* g_depth, const T* g_op, const T* g_empty, int64_t parts, T* g_density,
+                          T* const* g_features, double* g_dscale, T* scratch) {
     const int64_t n = F->n, nn = n * n, C = F->C, K = Rs->K;
     const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
     const int dens = (parts & MARCH_DENSITY) != 0, feat = (parts & MARCH_FEATURES) != 0;
@@ -617,7 +632,8 @@ static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0
         if (dens) {
             /* forward: T_{i+1} and a_i */
             const T* gwr = g_w ? g_w + off : NULL;
-            const T gdep = g_depth[r], t0 = Rs->t0[j];
+            const T gdep = g_depth[r], t0 = Rs->t0[j], es = F->empty_scale;
+            const T ge = g_empty && es > 0 ? g_empty[j] * es : 0; /* the emptiness sum's gradient, times s */
             T trans = 1;
             for (int64_t i = 0; i < m; ++i) {
                 const T wi = wr[i];
@@ -625,6 +641,7 @@ static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0
                 trans = trans - wi;
                 st[i] = trans;
                 T a = (gwr ? gwr[i] : 0) + gdep * (t0 + (T)i * F->step);
+                if (ge != 0) a += ge / (1 + es * wi);
                 if (wi >= F->thr) {
                     const T* f = fs + (off + i) * C;
                     for (int64_t c = 0; c < C; ++c) a += grgb[c] * f[c];
@@ -719,11 +736,12 @@ static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0
    parts asked for. Returns 0, or 1 if the scratch could not be allocated. */
 int FN(march_bwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64_t j1, const T* bg, T bg_depth,
                   const T* w, const T* raw, const T* fs, const T* g_w, const T* g_feat, const T* g_depth,
-                  const T* g_op, int64_t parts, T* g_density, T* const* g_features, double* g_dscale) {
+                  const T* g_op, const T* g_empty, int64_t parts, T* g_density, T* const* g_features,
+                  double* g_dscale) {
     T* scratch = (T*)malloc((size_t)(3 * Rs->K + 1) * sizeof(T));
     if (!scratch) return 1;
-    FN(bwd_range)(F, Rs, j0, j1, bg, bg_depth, w, raw, fs, g_w, g_feat, g_depth, g_op, parts, g_density, g_features,
-                  g_dscale, scratch);
+    FN(bwd_range)(F, Rs, j0, j1, bg, bg_depth, w, raw, fs, g_w, g_feat, g_depth, g_op, g_empty, parts, g_density,
+                  g_features, g_dscale, scratch);
     free(scratch);
     return 0;
 }

@@ -105,7 +105,7 @@ def test_smooth_weight_reaches_the_loop_and_is_validated():
 
 
 def _torch_paths(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the losses take their torch ops (as on a GPU or without the C kernels)."""
+    """Make the smoothness loss take its torch ops (as on a GPU or without the C kernels)."""
     from sjc_engine import losses
 
     monkeypatch.setattr(losses, "native_supports", lambda *tensors: False)
@@ -113,21 +113,15 @@ def _torch_paths(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.skipif(native_lib() is None, reason="the C kernels are not built")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_regulariser_kernels_agree_with_the_torch_ops(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_smoothness_kernel_agrees_with_the_torch_ops(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     from sjc_engine.losses import smoothness_loss
 
     g = torch.Generator().manual_seed(0)
-    weights = torch.rand(5000, generator=g, dtype=dtype) * torch.logspace(-30, 0, 5000, dtype=dtype)
-    weights[::3] = 0.0  # most compositing weights are exact zeros
     grids = [torch.randn(1, 12, 12, 12, generator=g, dtype=dtype), torch.randn(3, 2, 2, 2, generator=g, dtype=dtype)]
     tol = {"rtol": 1e-6, "atol": 1e-9} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-15}
 
     def run() -> list[torch.Tensor]:
         out = []
-        w = weights.clone().requires_grad_(True)
-        loss = emptiness_loss(w, scale=10.0)
-        (3.0 * loss).backward()
-        out += [loss.detach(), w.grad]
         for grid in grids:
             x = grid.clone().requires_grad_(True)
             loss = smoothness_loss(x)
@@ -143,11 +137,3 @@ def test_regulariser_kernels_agree_with_the_torch_ops(dtype: torch.dtype, monkey
         assert a.dtype == b.dtype and a.shape == b.shape
         torch.testing.assert_close(a, b, **tol)
     assert float(native[0]) > 0 and float(native[1].abs().max()) > 0
-
-
-@pytest.mark.skipif(native_lib() is None, reason="the C kernels are not built")
-def test_emptiness_kernel_log1p_is_accurate_from_tiny_to_large_weights() -> None:
-    w = torch.cat([torch.logspace(-38, 0, 400), torch.rand(1000)])  # float32, up to scale * w = 10
-    got = torch.stack([emptiness_loss(v.reshape(1), scale=10.0) for v in w]).double()
-    exact = torch.log1p(10.0 * w.double())
-    assert float(((got - exact).abs() / exact).max()) < 4e-7  # a few float ulps, tiny weights included

@@ -222,3 +222,36 @@ def test_clip_rays_kernel_gives_the_torch_ops_bits(dtype: torch.dtype, monkeypat
         assert 50 < native[0].numel() < 400  # some rays miss the box, most hit it
         for a, b in zip(native, ref):
             assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("shift", [-14.0, -3.0])  # tiny weights (~1e-6: log1p's rounding matters), large ones
+def test_emptiness_from_the_renderer_is_the_loss_of_its_weights(fused: bool, shift: float,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``emptiness_scale``: each view's ``emptiness`` (the fused kernels' per-ray sums of the weighted samples) is
+    ``emptiness_loss`` of its weights, in value and in the gradients it gives the field."""
+    if not fused:
+        monkeypatch.setattr(renderer, "fused_supported", lambda *args: False)
+    torch.manual_seed(0)
+    field = VoxelField(grid_size=20, channels=3, density_shift=shift, feature_activation="tanh")
+    with torch.no_grad():
+        r = field.grid_points().norm(dim=-1)  # (N, N, N)
+        field.density[0] = 8.0 * (1 - r / 0.6).clamp(min=0) + torch.randn_like(r)
+    field.refresh_occupancy(field.voxel_size)
+    cams = [spherical_camera(30.0, 20.0, 1.8, 50.0, 12), spherical_camera(200.0, 70.0, 1.8, 60.0, (10, 14))]
+    results = []
+    for made in (True, False):
+        field.zero_grad()
+        outs = render_images(field, cams, 1.0, emptiness_scale=10.0 if made else None)
+        if made:
+            losses = torch.stack([o.emptiness for o in outs])
+        else:
+            losses = torch.stack([emptiness_loss(o.weights.double(), 10.0).float() for o in outs])
+        (losses * torch.tensor([1.0, 3.0])).sum().backward()
+        results.append((losses.detach(), field.density.grad.clone(), field.d_scale.grad.clone()))
+    (made, g_made, ds_made), (ref, g_ref, ds_ref) = results
+    assert float(ref.min()) > 0
+    torch.testing.assert_close(made, ref, rtol=2e-6, atol=0)
+    torch.testing.assert_close(g_made, g_ref, rtol=1e-5, atol=1e-6 * float(g_ref.abs().max()))
+    torch.testing.assert_close(ds_made, ds_ref, rtol=1e-4, atol=0)
+    assert render_images(field, cams, 1.0)[0].emptiness is None
