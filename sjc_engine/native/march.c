@@ -521,6 +521,27 @@ static inline void FN(m_flush)(T* const* G, int64_t C, int64_t base, const int64
     }
 }
 
+/* The next block of a ray's samples to scatter, from sample i0 (of m): those with something to scatter (w != 0 for
+   the density, w >= thr for the features) as bi[k], with their cells and weights (m_corners); the gradient lines
+   their flushes will write (cells other than cur, the one being summed) are prefetched. Returns their count. */
+static inline int64_t FN(m_scatter_block)(const FN(field_t)* F, const T* s, const T* d, const T* wr, int64_t i0,
+                                          int64_t m, int dens, int feat, T* const* gd, T* const* g_features,
+                                          int64_t C, int64_t cur, const int64_t* o, int32_t* bi, int32_t* bbase,
+                                          T (*bcw)[8], int32_t* bnan) {
+    const int64_t i1 = i0 + BLOCK < m ? i0 + BLOCK : m;
+    int64_t nb = 0;
+    for (int64_t i = i0; i < i1; ++i)
+        if (wr[i] != 0 && (dens || wr[i] >= F->thr)) bi[nb++] = (int32_t)i;
+    FN(m_corners)(s, d, bi, nb, (int32_t)F->n, bbase, bcw, bnan);
+    for (int64_t k = 0, pc = cur; k < nb; ++k)
+        if (!bnan[k] && bbase[k] != pc) {
+            pc = bbase[k];
+            if (dens) FN(m_prefetch)((const T* const*)gd, 1, pc, o, 1);
+            if (feat && wr[bi[k]] >= F->thr) FN(m_prefetch)((const T* const*)g_features, C, pc, o, 1);
+        }
+    return nb;
+}
+
 #if FAST_FLOAT && defined(__AVX2__) && defined(__FMA__)
 /* bwd_range's scatter of one ray (its samples start s, step d, i < m) for NC <= 4 feature channels (a constant
    where it is inlined), with a cell's sums in registers (one vector of its 8 corners per grid) instead of arrays:
@@ -540,17 +561,8 @@ static inline __attribute__((always_inline)) double FN(m_scatter_v)(
     int fdirty = 0;
     double gds = 0;
     for (int64_t i0 = 0; i0 < m; i0 += BLOCK) {
-        const int64_t i1 = i0 + BLOCK < m ? i0 + BLOCK : m;
-        int64_t nb = 0;
-        for (int64_t i = i0; i < i1; ++i)
-            if (wr[i] != 0 && (dens || wr[i] >= F->thr)) bi[nb++] = (int32_t)i;
-        FN(m_corners)(s, d, bi, nb, (int32_t)n, bbase, bcw, bnan);
-        for (int64_t k = 0, pc = cur; k < nb; ++k)
-            if (!bnan[k] && bbase[k] != pc) {
-                pc = bbase[k];
-                if (dens) FN(m_prefetch)((const T* const*)gd, 1, pc, o, 1);
-                if (feat && wr[bi[k]] >= F->thr) FN(m_prefetch)((const T* const*)g_features, NC, pc, o, 1);
-            }
+        const int64_t nb = FN(m_scatter_block)(F, s, d, wr, i0, m, dens, feat, gd, g_features, NC, cur, o, bi, bbase,
+                                               bcw, bnan);
         for (int64_t k = 0; k < nb; ++k) {
             const int64_t i = bi[k], b = bbase[k];
             const T wi = wr[i];
@@ -682,17 +694,8 @@ static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0
         int fdirty = 0; /* facc holds something to flush */
         double gds = 0;
         for (int64_t i0 = 0; i0 < m; i0 += BLOCK) {
-            const int64_t i1 = i0 + BLOCK < m ? i0 + BLOCK : m;
-            int64_t nb = 0;
-            for (int64_t i = i0; i < i1; ++i) /* samples with something to scatter */
-                if (wr[i] != 0 && (dens || wr[i] >= F->thr)) bi[nb++] = (int32_t)i;
-            FN(m_corners)(s, d, bi, nb, (int32_t)n, bbase, bcw, bnan);
-            for (int64_t k = 0, pc = cur; k < nb; ++k) /* the lines the flushes will write, on their way */
-                if (!bnan[k] && bbase[k] != pc) {
-                    pc = bbase[k];
-                    if (dens) FN(m_prefetch)((const T* const*)gd, 1, pc, o, 1);
-                    if (feat && wr[bi[k]] >= F->thr) FN(m_prefetch)((const T* const*)g_features, C, pc, o, 1);
-                }
+            const int64_t nb = FN(m_scatter_block)(F, s, d, wr, i0, m, dens, feat, gd, g_features, C, cur, o, bi,
+                                                   bbase, bcw, bnan);
             for (int64_t k = 0; k < nb; ++k) {
                 const int64_t i = bi[k], b = bbase[k];
                 const T wi = wr[i];
