@@ -165,6 +165,7 @@ class SJCConfig:
             ("views", 1 <= self.views <= 64),
             ("n_noise", self.n_noise >= 1),
             ("lr", self.lr > 0),
+            ("emptiness_scale", self.emptiness_scale > 0),
             ("emptiness_step", 0 <= self.emptiness_step <= 1),
             ("smooth_weight", self.smooth_weight >= 0),
             ("video_frames", self.video_frames >= 1),

@@ -149,6 +149,8 @@ def render_rays(
         raise ValueError(f"origins and dirs must both be (R, 3), got {tuple(origins.shape)} and {tuple(dirs.shape)}")
     if step_ratio <= 0:
         raise ValueError(f"step_ratio must be > 0, got {step_ratio}")
+    if emptiness_scale is not None and not emptiness_scale > 0:
+        raise ValueError(f"emptiness_scale must be > 0 (or None), got {emptiness_scale}")
     dev, dtype = field.density.device, field.density.dtype
     origins, dirs = origins.to(dev, dtype), dirs.to(dev, dtype)
     R, C, N = origins.shape[0], field.channels, field.grid_size
@@ -184,7 +186,7 @@ def render_rays(
         rays = HitRays(hit, start.contiguous(), delta.contiguous(), t0.contiguous(),
                        first.contiguous() if first is not None else None, kept.contiguous(), k)
         features, depth, op, weights, ray_empty, n_looked, n_shaded = render_hit_rays(
-            field, rays, bg, step, weight_threshold, bg_depth, emptiness_scale or 0.0)
+            field, rays, bg, step, weight_threshold, bg_depth, emptiness_scale or 0.0)  # 0: no sums
         empty = ray_empty.sum() / weights.numel() if ray_empty is not None else None
         return RenderOutput(features, depth, op, weights.reshape(-1), None, n_looked, n_shaded, empty, ray_empty)
     ticks = torch.arange(k_kept, device=dev, dtype=dtype)  # (k_kept,)

@@ -87,6 +87,9 @@ def test_smooth_weight_reaches_the_loop_and_is_validated():
     with pytest.raises(ConfigError) as err:
         SJCConfig(prompt="x", smooth_weight=-1.0)
     assert err.value.field == "smooth_weight"
+    with pytest.raises(ConfigError) as err:
+        SJCConfig(prompt="x", emptiness_scale=0.0)  # the renderer makes log(1 + s w) with s > 0
+    assert err.value.field == "emptiness_scale"
     reports = []
 
     class Rec(Callbacks):
