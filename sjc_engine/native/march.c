@@ -521,6 +521,29 @@ static inline void FN(m_flush)(T* const* G, int64_t C, int64_t base, const int64
     }
 }
 
+/* bwd_range's first walk of a ray's m samples (weights wr, their gradient gwr or NULL, activated features fsr,
+   sample i's at fsr + i NC): st[i] = T_{i+1} and sa[i] = a_i where w_i != 0; returns T_end. NC, the channel count,
+   is a constant where it is inlined (the dot products unrolled). */
+static inline __attribute__((always_inline)) T FN(m_weigh)(const FN(field_t)* F, const T* wr, const T* gwr,
+                                                           const T* fsr, const T* grgb, int64_t m, T gdep, T t0,
+                                                           T ge, T es, T* st, T* sa, const int64_t NC) {
+    T trans = 1;
+    for (int64_t i = 0; i < m; ++i) {
+        const T wi = wr[i];
+        if (wi == 0) continue;
+        trans = trans - wi;
+        st[i] = trans;
+        T a = (gwr ? gwr[i] : 0) + gdep * (t0 + (T)i * F->step);
+        if (ge != 0) a += ge / (1 + es * wi);
+        if (wi >= F->thr) {
+            const T* f = fsr + i * NC;
+            for (int64_t c = 0; c < NC; ++c) a += grgb[c] * f[c];
+        }
+        sa[i] = a;
+    }
+    return trans;
+}
+
 /* The next block of a ray's samples to scatter, from sample i0 (of m): those with something to scatter (w != 0 for
    the density, w >= thr for the features) as bi[k], with their cells and weights (m_corners); the gradient lines
    their flushes will write (cells other than cur, the one being summed) are prefetched. Returns their count. */
@@ -646,19 +669,14 @@ static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0
             const T* gwr = g_w ? g_w + off : NULL;
             const T gdep = g_depth[r], t0 = Rs->t0[j], es = F->empty_scale;
             const T ge = g_empty && es > 0 ? g_empty[j] * es : 0; /* the emptiness sum's gradient, times s */
-            T trans = 1;
-            for (int64_t i = 0; i < m; ++i) {
-                const T wi = wr[i];
-                if (wi == 0) continue;
-                trans = trans - wi;
-                st[i] = trans;
-                T a = (gwr ? gwr[i] : 0) + gdep * (t0 + (T)i * F->step);
-                if (ge != 0) a += ge / (1 + es * wi);
-                if (wi >= F->thr) {
-                    const T* f = fs + (off + i) * C;
-                    for (int64_t c = 0; c < C; ++c) a += grgb[c] * f[c];
-                }
-                sa[i] = a;
+            const T* fsr = fs + off * C;
+            T trans;
+            switch (C) { /* the channel count a constant where it is 1-4: the dot products unrolled */
+            case 1: trans = FN(m_weigh)(F, wr, gwr, fsr, grgb, m, gdep, t0, ge, es, st, sa, 1); break;
+            case 2: trans = FN(m_weigh)(F, wr, gwr, fsr, grgb, m, gdep, t0, ge, es, st, sa, 2); break;
+            case 3: trans = FN(m_weigh)(F, wr, gwr, fsr, grgb, m, gdep, t0, ge, es, st, sa, 3); break;
+            case 4: trans = FN(m_weigh)(F, wr, gwr, fsr, grgb, m, gdep, t0, ge, es, st, sa, 4); break;
+            default: trans = FN(m_weigh)(F, wr, gwr, fsr, grgb, m, gdep, t0, ge, es, st, sa, C);
             }
             /* reverse: g_tau */
             T gop = g_op[r] - gdep * bg_depth;
