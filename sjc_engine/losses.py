@@ -60,9 +60,10 @@ def emptiness_weight(step: int, total_steps: int, weight: float = 1e4, multiplie
 
 def smoothness_loss(grid: Tensor) -> Tensor:
     """``sum over the last three axes of mean((g[i+1] - g[i])^2)`` of a (..., N, N, N) grid."""
-    if grid.dim() < 3 or not grid.shape[-1] == grid.shape[-2] == grid.shape[-3] >= 2:
-        raise ValueError(f"grid must be (..., N, N, N) with N >= 2, got {tuple(grid.shape)}")
-    if native_supports(grid) and grid.numel() > 0:
+    if grid.dim() < 3:
+        raise ValueError(f"grid must be (..., N, N, N), got {tuple(grid.shape)}")
+    cubic = grid.shape[-1] == grid.shape[-2] == grid.shape[-3] >= 2
+    if cubic and grid.numel() > 0 and native_supports(grid):
         return _Smoothness.apply(grid)
     return sum(grid.diff(dim=axis).square().mean() for axis in (-3, -2, -1))
 
