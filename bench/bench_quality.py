@@ -131,7 +131,7 @@ def run_one(shape: str, color: str, seed: int, denoiser, refs, steps: int | None
         "best_shape": fit["best"],
         "hole": fit["hole"],
         "yaw_deg": yaw,
-        "occupied_voxels": int(field.occupancy(config.mesh_threshold).sum()),
+        "occupied_voxels": fit["occupied"],
         "mean_rgb": [round(c, 3) for c in rgb] if rgb else None,
         "opaque_frac": round(frac, 3),
         "nearest_color": got,

@@ -11,7 +11,7 @@
   is positive when the object sits in the centre, and minimising the loss pulls it there. The log's argument
   is clamped to ``eps`` so it is never non-positive.
 
-On the CPU the smoothness loss is one C pass that writes its gradient with its value (``native/regularisers.c``)
+On the CPU the smoothness loss is one C pass that writes its gradient with its value (``native/smoothness.c``)
 where the kernels take the tensor, else torch ops; the two agree to float rounding (``tests/engine/test_losses.py``).
 The loop's emptiness loss comes from the renderer (``RenderOutput.emptiness``: the fused kernels sum each ray's
 weighted samples, the zeros of the dense layout add nothing); :func:`emptiness_loss` computes the same from the

@@ -145,6 +145,15 @@ def render_rays(
         :class:`RenderOutput` with ``features`` (R, C), ``depth`` (R,), ``opacity`` (R,), ``weights`` (S,),
         ``S`` = rays hitting the box x the longest one's sample count.
     """
+    return _render_rays(field, origins, dirs, step_ratio, bg_depth, weight_threshold, background, emptiness_scale)[0]
+
+
+def _render_rays(
+    field: VoxelField, origins: Tensor, dirs: Tensor, step_ratio: float, bg_depth: float, weight_threshold: float,
+    background: Tensor | None, emptiness_scale: float | None,
+) -> tuple[RenderOutput, Tensor, Tensor]:
+    """:func:`render_rays`'s output, and the hit rays (n,) and their sample counts (n,) of its :func:`clip_rays`
+    (the rows of the dense weights, in order)."""
     if origins.shape != dirs.shape or origins.dim() != 2 or origins.shape[-1] != 3:
         raise ValueError(f"origins and dirs must both be (R, 3), got {tuple(origins.shape)} and {tuple(dirs.shape)}")
     if step_ratio <= 0:
@@ -172,7 +181,8 @@ def render_rays(
         zeros = origins.new_zeros(R)
         none = origins.new_zeros(0) + field.density.sum() * 0
         empty = none.sum() if emptiness_scale is not None else None
-        return RenderOutput(bg, zeros + bg_depth, zeros, none, None, 0, 0, empty, none if empty is not None else None)
+        out = RenderOutput(bg, zeros + bg_depth, zeros, none, None, 0, 0, empty, none if empty is not None else None)
+        return out, hit, counts
 
     # with an occupancy grid, each ray's samples are clipped to the occupied cells' bounding box: samples
     # [first, first + kept) of a ray, the rest (skipped by the lookup anyway) cost nothing from here on
@@ -188,7 +198,8 @@ def render_rays(
         features, depth, op, weights, ray_empty, n_looked, n_shaded = render_hit_rays(
             field, rays, bg, step, weight_threshold, bg_depth, emptiness_scale or 0.0)  # 0: no sums
         empty = ray_empty.sum() / weights.numel() if ray_empty is not None else None
-        return RenderOutput(features, depth, op, weights.reshape(-1), None, n_looked, n_shaded, empty, ray_empty)
+        out = RenderOutput(features, depth, op, weights.reshape(-1), None, n_looked, n_shaded, empty, ray_empty)
+        return out, hit, counts
     ticks = torch.arange(k_kept, device=dev, dtype=dtype)  # (k_kept,)
     inside = ticks[None, :] < kept[:, None]  # (n, k_kept), a prefix of each row
 
@@ -216,7 +227,8 @@ def render_rays(
     if emptiness_scale is not None:
         ray_empty = torch.log1p(emptiness_scale * weights).sum(1)  # (n,)
         empty = ray_empty.sum() / weights.numel()
-    return RenderOutput(features, depth, op, weights.reshape(-1), None, n_looked, n_shaded, empty, ray_empty)
+    out = RenderOutput(features, depth, op, weights.reshape(-1), None, n_looked, n_shaded, empty, ray_empty)
+    return out, hit, counts
 
 
 def render_image(
@@ -267,17 +279,14 @@ def render_images(
                              f"got {tuple(backgrounds.shape)}")
         sizes = torch.tensor([cam.height * cam.width for cam in cameras], device=backgrounds.device)
         per_ray = backgrounds.repeat_interleave(sizes, dim=0)  # (sum_v H_v W_v, C)
-    out = render_rays(field, origins, dirs, step_ratio, bg_depth, background=per_ray, emptiness_scale=emptiness_scale)
-    step = step_ratio * field.voxel_size
-    t_min, t_max = ray_box(origins, dirs, field.bbox)
-    counts = torch.ceil((t_max - t_min) / step).clamp(min=0).long()  # (R,) as render_rays counts them
-    blocks, r0, h0 = [], 0, 0  # each view's block of the batch's dense weights: first row, rows, columns
-    for cam in cameras:
-        c = counts[r0 : r0 + cam.height * cam.width]
-        n_v = int((c > 0).sum())
-        blocks.append((h0, n_v, int(c.max()) if n_v else 0))
-        r0, h0 = r0 + cam.height * cam.width, h0 + n_v
-    K = out.weights.numel() // max(h0, 1)  # the batch's dense row length
+    out, hit, counts = _render_rays(field, origins, dirs, step_ratio, bg_depth, WEIGHT_THRESHOLD, per_ray,
+                                    emptiness_scale)
+    ends = torch.tensor([0] + [cam.height * cam.width for cam in cameras]).cumsum(0)  # (V + 1,) views' first rays
+    rows = torch.searchsorted(hit.cpu(), ends).tolist()  # each view's first row of the dense weights (hit: sorted)
+    blocks = []  # each view's block of the batch's dense weights: first row, rows, columns
+    for h0, h1 in zip(rows, rows[1:]):
+        blocks.append((h0, h1 - h0, int(counts[h0:h1].max()) if h1 > h0 else 0))
+    K = out.weights.numel() // max(rows[-1], 1)  # the batch's dense row length
     if K:
         view_weights = _ViewWeights.apply(out.weights.reshape(-1, K), blocks)  # (n_v * k_v,) each
     else:  # no ray hits the box

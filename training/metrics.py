@@ -65,7 +65,7 @@ def field_scores(field: torch.nn.Module, shape: str, threshold: float) -> dict:
     occupancy (:func:`yaw_iou`); ``solid_iou``, the same for the solid the mesh export takes
     (:func:`sjc_engine.export.mesh.solid_occupancy`: small pieces dropped, enclosed cavities filled, so a hollow
     shell counts as the volume its mesh encloses); ``best``, the shape its occupancy fits best; ``hole``, for a
-    torus whether its hole is open (:func:`torus_hole_open`), else None."""
+    torus whether its hole is open (:func:`torus_hole_open`), else None; ``occupied``, its occupied nodes."""
     from sjc_engine.export.mesh import solid_occupancy
 
     occ, points = field.occupancy(threshold), field.grid_points()
@@ -77,6 +77,7 @@ def field_scores(field: torch.nn.Module, shape: str, threshold: float) -> dict:
         "solid_iou": yaw_iou(solid, points, shape)[0],
         "best": max(fits, key=lambda s: fits[s][0]),
         "hole": torus_hole_open(occ) if shape == "torus" else None,
+        "occupied": int(occ.sum()),
     }
 
 

@@ -1,7 +1,7 @@
 """Small C kernels for the CPU hot paths (the fused renderer, trilinear lookups along rays, volume compositing,
 the Adamax step, the smoothness loss), called via ``ctypes``.
 
-The C sources (``march.c``, ``rays.c``, ``trilinear.c``, ``composite.c``, ``adamax.c``, ``regularisers.c``) ship
+The C sources (``march.c``, ``rays.c``, ``trilinear.c``, ``composite.c``, ``adamax.c``, ``smoothness.c``) ship
 with the package and are compiled on first use (see :mod:`sjc_engine.native.build`: ``$CC``,
 ``$SJC_NATIVE_CACHE``, ``SJC_NATIVE=0``). Callers check :func:`native_supports` and fall back to their torch path
 where it is False::

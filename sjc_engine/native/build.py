@@ -1,5 +1,5 @@
 """Build, cache and load the C kernels (``march.c``, ``rays.c``, ``trilinear.c``, ``composite.c``, ``adamax.c``,
-``regularisers.c`` beside this file) with ``ctypes``.
+``smoothness.c`` beside this file) with ``ctypes``.
 
 The sources are compiled once with the system C compiler (``$CC``, default ``cc``) into one shared library,
 with AVX2/FMA code where the CPU has it (falling back to plain flags if that build fails), and cached in
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-SOURCES = ("trilinear.c", "composite.c", "adamax.c", "march.c", "rays.c", "regularisers.c")  # in this folder, compiled together into one library
+SOURCES = ("trilinear.c", "composite.c", "adamax.c", "march.c", "rays.c", "smoothness.c")  # in this folder, compiled together into one library
 HEADERS = ("corner.h", "log1p.h")  # included by the sources: part of the cache key
 NATIVE_DTYPES = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}  # dtype -> (C type, suffix)
 BASE_FLAGS = ["-O3", "-shared", "-fPIC"]

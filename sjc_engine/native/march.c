@@ -466,12 +466,8 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
                                 activated together */
             for (int64_t k = 0; k < ns; ++k)
                 if (bw[k] >= F->thr) bsh[nsh++] = (int32_t)k;
-            for (int64_t t = 0; t < nsh; ++t) {
-                const int32_t k = bsh[t];
-                if (!bnan[k]) FN(m_features)(F, bbase[k], bcw, k, bfeat + t * C);
-                else
-                    for (int64_t c = 0; c < C; ++c) bfeat[t * C + c] = NAN;
-            }
+            for (int64_t t = 0; t < nsh; ++t) /* (a NaN point weighs NaN: never among them) */
+                FN(m_features)(F, bbase[bsh[t]], bcw, bsh[t], bfeat + t * C);
             if (F->tanh_act)
                 for (int64_t t = 0; t < nsh * C; ++t) bfeat[t] = TANH(bfeat[t]); /* vectorised for float */
             shaded += nsh;

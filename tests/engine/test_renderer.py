@@ -204,7 +204,7 @@ def test_render_images_over_given_backgrounds() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_clip_rays_kernel_gives_the_torch_ops_bits(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     """``ray_setup`` keeps the same rays with the same counts, first samples and steps, to the bit, as the torch
-    ops (``render_images`` splits a batch's views by counting in torch)."""
+    ops (a field renders the same on the CPU kernels and the torch path, on the CPU or a GPU)."""
     g = torch.Generator().manual_seed(3)
     origins, dirs = _rays(400, seed=3, dtype=dtype)  # from 1.6 away towards the middle of the box
     dirs[300:] = torch.randn(100, 3, generator=g, dtype=dtype)  # and anywhere
