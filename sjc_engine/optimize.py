@@ -5,7 +5,8 @@ Per step (pals-ttic/sjc ``run_sjc.py``, with callbacks, checkpoints and exact re
 1. sample ``config.views`` cameras (azimuth, area-uniform elevation, fov; the reference: one) and their view
    prompts ("front view of ...");
 2. render the field from each (over the learned background, or a random flat colour per view with
-   ``config.background="random"``): images ``y`` (V, C, H, W), depths, compositing weights;
+   ``config.background="random"``): images ``y`` (V, C, H, W), depths, and each view's emptiness loss of its
+   compositing weights (made by the renderer from the weighted samples);
 3. pick sigma (random over the trimmed ticks, or annealed) and compute the PAAS gradient on ``y`` (every view
    and noise sample in one denoiser call);
 4. backward ``-grad / V`` through the renderer (a vector-Jacobian product) together with the emptiness and
@@ -236,7 +237,7 @@ def run_sjc(
         if config.background == "random":  # one flat colour per view, uniform in [-1, 1]^C
             backgrounds = torch.rand(len(cams), field.channels, generator=rng.noise).mul_(2).sub_(1)  # (V, C)
         outs = render_images(field, cams, config.step_ratio, backgrounds=backgrounds,  # one batch of rays
-                             emptiness_scale=config.emptiness_scale)
+                             emptiness_scale=config.emptiness_scale, view_weights=False)
         y = torch.stack([out.image for out in outs])  # (V, C, H, W)
         y_model = y
         if y.shape[-1] != denoiser.image_size:

@@ -255,5 +255,8 @@ def test_emptiness_from_the_renderer_is_the_loss_of_its_weights(fused: bool, shi
     torch.testing.assert_close(g_made, g_ref, rtol=1e-5, atol=1e-6 * float(g_ref.abs().max()))
     torch.testing.assert_close(ds_made, ds_ref, rtol=1e-4, atol=0)
     assert render_images(field, cams, 1.0)[0].emptiness is None
+    lean = render_images(field, cams, 1.0, emptiness_scale=10.0, view_weights=False)
+    assert all(o.weights.numel() == 0 for o in lean)
+    assert torch.equal(torch.stack([o.emptiness.detach() for o in lean]), made)
     with pytest.raises(ValueError, match="emptiness_scale"):
         render_images(field, cams, 1.0, emptiness_scale=0.0)
