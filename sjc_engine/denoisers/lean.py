@@ -20,9 +20,10 @@ for), the same operations in the same order (outputs equal diffusers' to float r
 Per call the UNet also skips what depends on the prompt only: the text-pooled time embedding and the
 cross-attention keys and values are computed once per distinct context (:meth:`LeanUNet.context_cache`), not at
 each of the 1-2 thousand steps of a run. After :attr:`LeanUNet.TRACE_AFTER` inference calls of one shape the UNet
-body is traced (``torch.jit.trace``, weights not frozen, the cached keys and values as inputs): about half a second
-once, then less interpreter overhead per call, outputs bit-equal (figures in bench/RESULTS.md, "Embedded model:
-load and call cost").
+body is traced (``torch.jit.trace`` of a function: the weights are the parameters' own tensors, the cached keys and
+values inputs): 0.1-0.15 s once, then no interpreter between the operations, so the two guidance branches' threads
+no longer wait for each other's Python, outputs bit-equal (figures in bench/RESULTS.md, "Embedded model: load and
+call cost", and "The guided call traced at a run's fourth step").
 
 Anything outside this (another block type, a config flag this code does not implement, ``.bin`` weights, a VAE)
 is :func:`unet_config_unsupported` & co. returning a reason, and the loader uses diffusers as before.
@@ -428,15 +429,16 @@ class LeanUNet(nn.Module):
 
     ``forward(sample, timestep, encoder_hidden_states)`` returns the prediction tensor (diffusers returns it
     wrapped in ``.sample``). ``config`` holds the config's keys, as diffusers' does. Inference only: the
-    prompt-dependent parts are cached (:meth:`context_cache`), so gradients never reach the text side.
+    prompt-dependent parts are cached (:meth:`context_cache`), so gradients never reach the text side, and the
+    weights are made without ``requires_grad`` (a trace takes them as constants, :meth:`_build_trace`).
     """
 
     CONTEXT_CACHE = 16
-    #: Inference calls with the same shapes after which the UNet body is traced (``torch.jit.trace``, about 0.5-1 s
-    #: on two cores; then ~25 % less per call at batch 2-8, outputs equal): a 1000-step run gains, a short one
-    #: never pays (the embedded model's default run is 200 calls: untraced). ``trace = False``
-    #: (``SJC_LEAN_TRACE=0`` in the loader) keeps every call eager.
-    TRACE_AFTER = 400
+    #: Inference calls with the same shapes after which the UNet body is traced (``torch.jit.trace``: 0.1-0.15 s
+    #: for the embedded model on two cores, then 24-26 ms against 31-35 ms a guided call of 4 views with its two
+    #: branches side by side, outputs equal; a run pays it back within about 20 steps, and makes two calls a
+    #: step). ``trace = False`` (``SJC_LEAN_TRACE=0`` in the loader) keeps every call eager.
+    TRACE_AFTER = 8
     MAX_TRACES = 4
 
     def __init__(self, cfg: dict[str, Any]) -> None:
@@ -493,6 +495,7 @@ class LeanUNet(nn.Module):
         self._lock = threading.RLock()  # the context cache and the traces, for callers on two threads
         self._traces: dict[tuple[Any, ...], Any] = {}
         self._calls: dict[tuple[Any, ...], int] = {}
+        self.requires_grad_(False)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -580,23 +583,29 @@ class LeanUNet(nn.Module):
                         traced = self._traces[sig] = self._build_trace(sample, timestep, encoder_hidden_states, aug,
                                                                        kvs)
             if traced:
-                return traced(sample, timestep, encoder_hidden_states, *_flat(aug, kvs))
+                with torch.jit.optimized_execution(False):  # this thread's calls: no profiling runs (_build_trace)
+                    return traced(sample, timestep, encoder_hidden_states, *_flat(aug, kvs))
         return self.forward_cached(sample, timestep, encoder_hidden_states, aug, kvs)
 
     def _build_trace(self, sample: Tensor, timestep: Tensor, context: Tensor, aug: Tensor | None,
                      kvs: list[list[tuple[Tensor, Tensor]]]) -> Any:
-        """:meth:`forward_cached` traced for these shapes (``torch.jit.trace``, weights not frozen: they stay
-        the module's own), or ``False`` when tracing fails (then the call stays eager)."""
+        """:meth:`forward_cached` traced for these shapes (``torch.jit.trace``), or ``False`` when tracing fails
+        (then the call stays eager).
+
+        A function is traced, not the module: the weights enter the graph as constants that are the parameters'
+        own tensors (an in-place change of a weight shows in the trace; ``.to()`` and the like drop the traces),
+        and no ScriptModule is made for each of the UNet's ~240 submodules (0.45 s of a 0.57 s trace of the
+        module, measured on the embedded model). Calls run with the graph executor's optimisations off
+        (:func:`torch.jit.optimized_execution`, per thread): its two profiling runs cost 0.2 s and the calls after
+        them were no faster."""
         import warnings
 
+        body = _Traceable(self, [len(ab) for ab in kvs], aug is not None)
         args = (sample, timestep, context, *_flat(aug, kvs))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TracerWarnings on shape checks; jit's deprecation notice
-                traced = torch.jit.trace(_Traceable(self, [len(ab) for ab in kvs], aug is not None), args,
-                                         check_trace=False)
-                traced(*args)  # the profiling executor optimises on the first calls
-                return traced
+                return torch.jit.trace(lambda *a: body(*a), args, check_trace=False)
         except Exception as e:  # noqa: BLE001 - any tracing failure only costs the speed-up
             log.warning("lean UNet: tracing failed (%s: %s); calls stay eager", type(e).__name__, e)
             return False
@@ -647,16 +656,15 @@ def _flat(aug: Tensor | None, kvs: list[list[tuple[Tensor, Tensor]]]) -> list[Te
     return ([aug] if aug is not None else []) + [t for ab in kvs for kv in ab for t in kv]
 
 
-class _Traceable(nn.Module):
+class _Traceable:
     """:meth:`LeanUNet.forward_cached` with ``aug`` and the keys and values as flat tensors (what tracing takes)."""
 
     def __init__(self, unet: LeanUNet, blocks: list[int], has_aug: bool) -> None:
-        super().__init__()
         self.unet = unet
         self.blocks = blocks
         self.has_aug = has_aug
 
-    def forward(self, sample: Tensor, timestep: Tensor, context: Tensor, *flat: Tensor) -> Tensor:
+    def __call__(self, sample: Tensor, timestep: Tensor, context: Tensor, *flat: Tensor) -> Tensor:
         it = iter(flat)
         aug = next(it) if self.has_aug else None
         kvs = [[(next(it), next(it)) for _ in range(n)] for n in self.blocks]

@@ -229,6 +229,27 @@ def test_unet_traces_itself_after_repeated_calls_with_equal_outputs(tiny_pixel_d
     assert unet._traces == {} and unet._calls == {}
 
 
+def test_a_trace_uses_the_parameters_own_weights(tiny_pixel_dir):
+    """The traced function takes the weights as the parameters' tensors: an in-place change of one (a loaded state
+    dict, say) shows in the traced calls as in eager ones; the weights need no gradient (inference only)."""
+    den = load_from_path(tiny_pixel_dir)
+    unet = den.unet
+    assert not any(p.requires_grad for p in unet.parameters())
+    unet.TRACE_AFTER = 1
+    cond = den.encode_prompt("a red cube")
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    before = den.denoise(x, 0.5, cond, guidance_scale=4.0)
+    assert len(unet._traces) == 1 and all(unet._traces.values())
+    with torch.no_grad():
+        unet.conv_in.weight.mul_(1.5)
+        unet.up_blocks[-1].resnets[0].conv1.bias.add_(0.1)
+    traced = den.denoise(x, 0.5, cond, guidance_scale=4.0)
+    unet.trace = False
+    eager = den.denoise(x, 0.5, cond, guidance_scale=4.0)
+    assert (traced - before).abs().max() > 1e-3  # the change is seen ...
+    torch.testing.assert_close(traced, eager, rtol=0, atol=1e-6)  # ... as eager calls see it
+
+
 def test_trace_can_be_turned_off(tiny_pixel_dir, monkeypatch):
     from sjc_engine.denoisers.loader import LEAN_TRACE_ENV
 
