@@ -440,6 +440,10 @@ class LeanUNet(nn.Module):
     #: step). ``trace = False`` (``SJC_LEAN_TRACE=0`` in the loader) keeps every call eager.
     TRACE_AFTER = 8
     MAX_TRACES = 4
+    #: Layout of the convolutions' weights and activations: channels last, as oneDNN's kernels take them (no
+    #: reorder around each convolution). A guided call of the embedded model, 4 views, branches side by side,
+    #: traced: 22.0 against 25.1 ms in NCHW (interleaved in one process, 140 calls each); outputs to ~3e-6.
+    MEMORY_FORMAT = torch.channels_last
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__()
@@ -496,6 +500,7 @@ class LeanUNet(nn.Module):
         self._traces: dict[tuple[Any, ...], Any] = {}
         self._calls: dict[tuple[Any, ...], int] = {}
         self.requires_grad_(False)
+        self.to(memory_format=self.MEMORY_FORMAT)  # the convolutions' weights (a loaded state dict keeps it)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -614,6 +619,7 @@ class LeanUNet(nn.Module):
                        kvs: list[list[tuple[Tensor, Tensor]]]) -> Tensor:
         """:meth:`forward` given :meth:`context_cache`'s ``aug`` and ``kvs`` for ``context``."""
         B = sample.shape[0]
+        sample = sample.contiguous(memory_format=self.MEMORY_FORMAT)  # (B, C, H, W), stored channels last
         emb = self._time(timestep, B, sample.dtype, sample.device)
         if aug is not None:
             emb = emb + aug
@@ -649,7 +655,7 @@ class LeanUNet(nn.Module):
                 else:
                     h = F.interpolate(h, scale_factor=2.0, mode="nearest")
                 h = blk.upsamplers[0].conv(h)
-        return self.conv_out(F.silu(self.conv_norm_out(h)))
+        return self.conv_out(F.silu(self.conv_norm_out(h))).contiguous()
 
 
 def _flat(aug: Tensor | None, kvs: list[list[tuple[Tensor, Tensor]]]) -> list[Tensor]:
