@@ -9,7 +9,8 @@ cells and behind the transmittance floor (:mod:`sjc_engine.occupancy`), looks up
 adds the features only of those with ``w >= weight_threshold`` (a block of samples at a time), and blends the
 background; nothing of size (rays x samples) is built but the dense
 weights (the emptiness loss's layout) and what the backward reads (the raw density of every weighted sample, the
-activated features of every shaded one).
+activated features of every shaded one), the latter only for a render a gradient can flow through (not under
+``torch.no_grad``: turntables, previews, colours).
 The backward recomputes the transmittance from the weights, walks each ray in reverse for the thickness
 gradients and scatters straight into the grids' gradients (and ``d_scale``'s and the background's). Values and
 gradients are the torch path's to float rounding (``tests/engine/test_march.py``).
@@ -128,6 +129,7 @@ class _Settings:
     threshold: float
     bg_depth: float
     empty_scale: float = 0.0  # > 0: each hit ray's emptiness sum, sum_i log(1 + empty_scale w_i), is made
+    saved: bool = True  # the forward keeps what the backward reads (False: no gradient can flow, nothing kept)
 
 
 def _field_args(
@@ -178,8 +180,9 @@ class _FusedRender(torch.autograd.Function):
         scale = float(d_scale.detach().exp())
         fld, keep = _field_args(dtype, scale, cfg, (density.detach(), features.detach()), grid)
         rs = rays.struct()
-        w, raw = bg.new_empty(n, K), bg.new_empty(n, K)  # dense weights, raw density where w != 0
-        fs = bg.new_empty(n, K, cfg.C)  # activated features where w >= threshold
+        w = bg.new_empty(n, K)  # dense weights
+        kept = (n, K) if cfg.saved else (0, 0)  # for the backward only: raw density where w != 0, activated
+        raw, fs = bg.new_empty(kept), bg.new_empty(*kept, cfg.C)  # features where w >= threshold
         feat = bg.detach().clone()  # (R, C): rays that miss the box see the background
         depth = bg.new_full((R,), cfg.bg_depth)  # (R,)
         opacity = bg.new_zeros(R)  # (R,)
@@ -187,8 +190,9 @@ class _FusedRender(torch.autograd.Function):
         empty = bg.new_empty(n if cfg.empty_scale > 0 else 0)  # (n,) emptiness sums
         bgc = bg.detach().contiguous()
         fn = kernel("march_fwd", dtype)
-        outs = (w.data_ptr(), raw.data_ptr(), fs.data_ptr(), feat.data_ptr(), depth.data_ptr(), opacity.data_ptr(),
-                stats.data_ptr(), empty.data_ptr() if empty.numel() else None)
+        outs = (w.data_ptr(), raw.data_ptr() if cfg.saved else None, fs.data_ptr() if cfg.saved else None,
+                feat.data_ptr(), depth.data_ptr(), opacity.data_ptr(), stats.data_ptr(),
+                empty.data_ptr() if empty.numel() else None)
         cuts = split_rays(n, K)
         run_jobs([partial(fn, ctypes.byref(fld), ctypes.byref(rs), a, b, bgc.data_ptr(), cfg.bg_depth, *outs)
                   for a, b in zip(cuts, cuts[1:])])
@@ -264,8 +268,9 @@ def render_hit_rays(
     """
     if field.channels != bg.shape[1]:
         raise ValueError(f"bg must be (R, {field.channels}), got {tuple(bg.shape)}")
+    saved = torch.is_grad_enabled() and any(t.requires_grad for t in (field.density, field.features, field.d_scale, bg))
     cfg = _Settings(field.grid_size, field.channels, field.density_shift, field.feature_activation == "tanh",
-                    float(step), float(threshold), float(bg_depth), float(empty_scale))
+                    float(step), float(threshold), float(bg_depth), float(empty_scale), saved)
     if rays.order is None and rays.ray.shape[0] * rays.K >= SORT_MIN_SAMPLES:
         rays.sort()
     feat, depth, opacity, w, stats, empty = _FusedRender.apply(

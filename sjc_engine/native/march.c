@@ -388,12 +388,13 @@ static inline void FN(m_sigmoid)(const T* raw, int64_t nb, T scale, T shift, T* 
 }
 
 /* Forward of hit rays j in [j0, j1). Writes the dense weights w (n, K) rows j (zero where no sample, or a
-   skipped one), raw (n, K) the raw density of every sample with w != 0 (read by march_bwd; other entries are
-   left as they are), for ray r = ray[j]: out_feat (R, C) = sum_i [w_i >= thr] w_i f_i + (1 - opacity) bg[r],
-   out_depth (R,) = sum_i w_i t_i + (1 - opacity) bg_depth, out_op (R,) = 1 - T_end; stats (n, 2): samples
-   looked up, samples with w >= thr; and where F->empty_scale > 0, out_empty (n,) = sum_i log(1 + empty_scale w_i)
-   of hit ray j (the emptiness loss's sum over its row of the dense weights). Rays that miss the box are not
-   touched (the caller fills them). */
+   skipped one), raw (n, K) the raw density of every sample with w != 0 and fs (n, K, C) the activated features
+   of every sample with w >= thr (both read by march_bwd only; other entries are left as they are; both may be
+   NULL, for a render nobody differentiates), for ray r = ray[j]: out_feat (R, C) = sum_i [w_i >= thr] w_i f_i +
+   (1 - opacity) bg[r], out_depth (R,) = sum_i w_i t_i + (1 - opacity) bg_depth, out_op (R,) = 1 - T_end;
+   stats (n, 2): samples looked up, samples with w >= thr; and where F->empty_scale > 0, out_empty (n,) =
+   sum_i log(1 + empty_scale w_i) of hit ray j (the emptiness loss's sum over its row of the dense weights).
+   Rays that miss the box are not touched (the caller fills them). */
 void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64_t j1, const T* bg, T bg_depth,
                    T* w, T* raw, T* fs, T* out_feat, T* out_depth, T* out_op, int64_t* stats, T* out_empty) {
     const int64_t n = F->n, nn = n * n, C = F->C, K = Rs->K;
@@ -411,7 +412,7 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
         const T t0 = Rs->t0[j];
         memset(w + j * K, 0, (size_t)K * sizeof(T));
         T* wr = w + off;
-        T* rr = raw + off;
+        T* rr = raw ? raw + off : NULL;
         T trans = 1, dep = 0;
         double empty = 0;
         int64_t looked = 0, shaded = 0, pcell = -1;
@@ -479,16 +480,14 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
                 if (btau[k] != 0) {
                     const int64_t ik = bi[k];
                     wr[ik] = bw[k];
-                    rr[ik] = braw[k];
+                    if (rr) rr[ik] = braw[k];
                     dep += bw[k] * (t0 + (T)ik * F->step);
                 }
             for (int64_t t = 0; t < nsh; ++t) { /* the features out, and their sum, in order */
                 const int32_t k = bsh[t];
-                T* fi = fs + (off + bi[k]) * C;
-                for (int64_t c = 0; c < C; ++c) {
-                    fi[c] = bfeat[t * C + c];
-                    rgb[c] += bw[k] * fi[c];
-                }
+                const T* f = bfeat + t * C;
+                if (fs) memcpy(fs + (off + bi[k]) * C, f, (size_t)C * sizeof(T));
+                for (int64_t c = 0; c < C; ++c) rgb[c] += bw[k] * f[c];
             }
         }
         const T keep = 1 - (1 - trans); /* 1 - opacity, rounded as the torch path's */

@@ -120,6 +120,32 @@ def test_stopping_rays_look_up_fewer_samples() -> None:
     assert torch.allclose(skip.features, dense.features, atol=1e-3)
 
 
+@pytest.mark.parametrize("state", ["random", "ball+grid"])
+def test_a_render_without_gradient_keeps_nothing_for_a_backward(state: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under no_grad (the turntable, previews, colours) the forward keeps no raw densities or features for a
+    backward, and renders the same bits as a render with gradients."""
+    import sjc_engine.march as march
+
+    f = _field(state.split("+")[0], "tanh", torch.float32)
+    if state.endswith("grid"):
+        f.refresh_occupancy(0.5 * f.voxel_size)
+    o, d = _rays()
+    with_grad = render_rays(f, o, d, emptiness_scale=10.0)
+    seen = []
+    apply = march._FusedRender.apply
+    monkeypatch.setattr(march._FusedRender, "apply", lambda *a: seen.append(a[5]) or apply(*a))
+    with torch.no_grad():
+        plain = render_rays(f, o, d, emptiness_scale=10.0)
+    assert [cfg.saved for cfg in seen] == [False]
+    for a, b in ((plain.features, with_grad.features), (plain.depth, with_grad.depth),
+                 (plain.opacity, with_grad.opacity), (plain.weights, with_grad.weights),
+                 (plain.emptiness, with_grad.emptiness)):
+        assert torch.equal(a, b.detach())
+    assert (plain.n_samples, plain.n_shaded) == (with_grad.n_samples, with_grad.n_shaded)
+    render_rays(f, o, d)  # a differentiable render keeps them
+    assert seen[-1].saved
+
+
 def test_fused_gradients_match_finite_differences() -> None:
     """float64, a small field: the fused backward against finite differences (density, features, d_scale, bg)."""
     torch.manual_seed(0)
