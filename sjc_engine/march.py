@@ -15,8 +15,10 @@ The backward recomputes the transmittance from the weights, walks each ray in re
 gradients and scatters straight into the grids' gradients (and ``d_scale``'s and the background's). Values and
 gradients are the torch path's to float rounding (``tests/engine/test_march.py``).
 
-With more than one torch thread two Python threads split the forward by rays and the backward by part (one the
-density path, one the feature scatter), so no two threads write the same gradient.
+With more than one thread two Python threads split the forward by rays; in the backward one thread takes the
+feature scatter of every ray and the density path of the first rays, the other the density path of the rest into
+a density gradient of its own (added to the first's afterwards), so no two threads write the same gradient and
+both get about half of the work (:func:`_density_cut`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ from sjc_engine.parallel import run_jobs, split_rays
 __all__ = ["HitRays", "fused_supported", "render_hit_rays"]
 
 DENSITY_PART, FEATURES_PART = 1, 2  # march_bwd's parts (MARCH_DENSITY, MARCH_FEATURES in march.c)
+# A ray's backward cost per (looked-up, shaded) sample, in the density part and in the feature part (ns, fitted to
+# the two parts' times in embedded runs at 64^3 / 4 views, early and late: 19 + 44 and 1.6 + 74); only their
+# ratios matter (the two threads' shares, _Bwd2)
+DENSITY_COST, FEATURE_COST = (19.0, 44.0), (1.6, 74.0)
 SORT_MIN_SAMPLES = 1 << 19  # dense samples from which rays are walked in direction order (HitRays.sort): 7% faster
 # at 100^3 / 64 x 64, none (or a little slower) at 64^3 / 32 x 32, where what the rays read stays in cache anyway
 
@@ -197,7 +203,7 @@ class _FusedRender(torch.autograd.Function):
         run_jobs([partial(fn, ctypes.byref(fld), ctypes.byref(rs), a, b, bgc.data_ptr(), cfg.bg_depth, *outs)
                   for a, b in zip(cuts, cuts[1:])])
         del keep
-        ctx.save_for_backward(w, raw, fs, bgc, opacity)
+        ctx.save_for_backward(w, raw, fs, bgc, opacity, stats)
         ctx.rays, ctx.cfg, ctx.scale = rays, cfg, scale
         ctx.mark_non_differentiable(stats)
         ctx.set_materialize_grads(False)  # unused outputs' gradients stay None (no zero (n, K) weights gradient)
@@ -206,7 +212,7 @@ class _FusedRender(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g_feat: Tensor | None, g_depth: Tensor | None, g_op: Tensor | None,
                  g_w: Tensor | None, _g_stats: Tensor | None, g_empty: Tensor | None) -> Any:
-        w, raw, fs, bg, opacity = ctx.saved_tensors
+        w, raw, fs, bg, opacity, stats = ctx.saved_tensors
         rays, cfg = ctx.rays, ctx.cfg
         n, R, C, N, dtype = w.shape[0], bg.shape[0], cfg.C, cfg.N, w.dtype
         need_d = ctx.needs_input_grad[0] or ctx.needs_input_grad[2]
@@ -226,23 +232,49 @@ class _FusedRender(torch.autograd.Function):
         g_ds = torch.zeros(n, dtype=torch.float64)  # (n,) d_scale's gradient per ray
         fplanes = pointer_array(list(g_fts.view(C, -1))) if g_fts is not None else None
         fn = kernel("march_bwd", dtype)
-        args = (ctypes.byref(fld), ctypes.byref(rs), 0, n, bg.data_ptr(), cfg.bg_depth, w.data_ptr(), raw.data_ptr(),
-                fs.data_ptr(), g_w.data_ptr() if g_w is not None else None, g_feat.data_ptr(), g_depth.data_ptr(),
-                g_op.data_ptr(), g_empty.data_ptr() if g_empty is not None else None)
-        outs = (g_dens.data_ptr() if g_dens is not None else None, fplanes, g_ds.data_ptr())
-        parts = [p for p, on in ((DENSITY_PART, need_d), (FEATURES_PART, need_f)) if on]
-        if len(split_rays(n, rays.K)) > 2 and len(parts) == 2:  # two threads: one part each over every ray
-            jobs = [partial(fn, *args, p, *outs) for p in parts]
+        ins = (bg.data_ptr(), cfg.bg_depth, w.data_ptr(), raw.data_ptr(), fs.data_ptr(),
+               g_w.data_ptr() if g_w is not None else None, g_feat.data_ptr(), g_depth.data_ptr(), g_op.data_ptr(),
+               g_empty.data_ptr() if g_empty is not None else None)
+
+        def call(j0: int, j1: int, parts: int, g_density: Tensor | None = g_dens) -> int:  # rays [j0, j1)
+            return fn(ctypes.byref(fld), ctypes.byref(rs), j0, j1, *ins, parts,
+                      g_density.data_ptr() if g_density is not None else None, fplanes, g_ds.data_ptr())
+
+        g_late = None  # the density gradient of the second thread's rays
+        if len(split_rays(n, rays.K)) > 2 and need_d and need_f:  # two threads
+            cut = _density_cut(stats, rays.order)
+            g_late = torch.zeros_like(g_dens)
+            jobs = [lambda: call(0, n, FEATURES_PART) + call(0, cut, DENSITY_PART),
+                    lambda: call(cut, n, DENSITY_PART, g_late)]
         else:
-            jobs = [partial(fn, *args, sum(parts), *outs)]
+            jobs = [lambda: call(0, n, (DENSITY_PART if need_d else 0) + (FEATURES_PART if need_f else 0))]
         codes: list[int] = []
         run_jobs([lambda job=job: codes.append(job()) for job in jobs])
         del keep
         if any(codes):
             raise MemoryError("march_bwd could not allocate its scratch")
+        if g_late is not None:
+            g_dens += g_late
         g_density = g_dens if ctx.needs_input_grad[0] else None
         g_dscale = g_ds.sum().to(dtype).reshape(()) if ctx.needs_input_grad[2] else None
         return g_density, g_fts, g_dscale, g_bg, None, None, None
+
+
+def _density_cut(stats: Tensor, order: Tensor | None) -> int:
+    """Where the backward's two threads split the density part: the first thread takes the feature part of every ray
+    and the density part of walk positions [0, cut), the second the density part of [cut, n), so both get about
+    half of the work (:data:`DENSITY_COST`, :data:`FEATURE_COST` per ray from the forward's ``stats`` (n, 2),
+    samples looked up and shaded; ``order``: the walk order, :meth:`HitRays.sort`). The density part was three to
+    four times the feature part (a default embedded run: 5.3 against 1.3 ms a step), so with a part each the
+    feature thread waited for most of the backward."""
+    looked, shaded = stats.double().unbind(1)  # (n,) each
+    dens = DENSITY_COST[0] * looked + DENSITY_COST[1] * shaded
+    feats = FEATURE_COST[0] * looked + FEATURE_COST[1] * shaded
+    if order is not None:
+        dens = dens[order]  # (n,) in walk order
+    half = float(dens.sum() + feats.sum()) / 2
+    suffix = dens.flip(0).cumsum(0).flip(0)  # (n,) density cost of walk positions [jj, n), non-increasing
+    return int((suffix > half).sum())  # positions [cut, n) cost at most half
 
 
 def render_hit_rays(

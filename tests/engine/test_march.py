@@ -146,6 +146,53 @@ def test_a_render_without_gradient_keeps_nothing_for_a_backward(state: str, monk
     assert seen[-1].saved
 
 
+def test_density_cut_gives_each_backward_thread_half_the_work() -> None:
+    from sjc_engine.march import DENSITY_COST, FEATURE_COST, _density_cut
+
+    gen = torch.Generator().manual_seed(0)
+    looked = torch.randint(0, 300, (500,), generator=gen)
+    stats = torch.stack([looked, looked // 3], 1)  # (n, 2) looked up, shaded
+    cost = lambda c: c[0] * stats[:, 0].double() + c[1] * stats[:, 1].double()  # noqa: E731
+    dens, feats = cost(DENSITY_COST), cost(FEATURE_COST)
+    cut = _density_cut(stats, None)
+    first, second = feats.sum() + dens[:cut].sum(), dens[cut:].sum()
+    assert 0 < cut < 500 and abs(float(first - second)) <= 2 * float(dens.max())  # as even as a ray allows
+    order = torch.randperm(500, generator=gen)  # cut in walk order
+    cut = _density_cut(stats, order)
+    assert abs(float(feats.sum() + dens[order[:cut]].sum() - dens[order[cut:]].sum())) <= 2 * float(dens.max())
+    # a feature part larger than the density part: the first thread takes only it, the second all the density
+    assert _density_cut(torch.stack([looked, looked * 40], 1), None) == 0
+
+
+@pytest.mark.parametrize("state", ["random", "ball+grid"])
+def test_two_backward_threads_give_the_one_thread_gradients(state: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With two threads the density path is split between them at _density_cut (each thread its own density
+    gradient): the same gradients as one thread, to float rounding."""
+    import sjc_engine.march as march
+
+    f = _field(state.split("+")[0], "tanh", torch.float32)
+    if state.endswith("grid"):
+        f.refresh_occupancy(0.5 * f.voxel_size)
+    o, d = _rays()
+    cuts = []
+    cut_of = march._density_cut
+    monkeypatch.setattr(march, "_density_cut", lambda *a: cuts.append(cut_of(*a)) or cuts[-1])
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _, one = _render(f, o, d)
+        assert cuts == []
+        torch.set_num_threads(2)
+        out, two = _render(f, o, d)
+    finally:
+        torch.set_num_threads(old)
+    assert len(cuts) == 1 and 0 <= cuts[0] < o.shape[0] - 2  # (every ray but the two misses hits the box)
+    if state == "ball+grid":  # few shaded samples: the density path is shared (a random field shades all: none)
+        assert cuts[0] > 0
+    for name, a, b in zip(PARAMS, two, one):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max())), name
+
+
 def test_fused_gradients_match_finite_differences() -> None:
     """float64, a small field: the fused backward against finite differences (density, features, d_scale, bg)."""
     torch.manual_seed(0)
