@@ -21,7 +21,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 from torch import Tensor
 
 from sjc_engine.cameras import Camera, spherical_camera
@@ -144,6 +143,9 @@ def projected_colors(
     colors = torch.full((P, 3), 0.5)
     colors[seen] = acc[seen] / wsum[seen, None]
     if seen.any() and not seen.all():
+        from scipy.spatial import cKDTree  # here: importing scipy.spatial takes 0.2 s, and the turntable and
+        # previews (which import this module) never need it
+
         _, nearest = cKDTree(points[seen.numpy()]).query(points[~seen.numpy()])
         colors[~seen] = colors[seen][torch.from_numpy(np.asarray(nearest))]
     return colors.numpy()
