@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sjc_engine.cameras import Camera
+from sjc_engine.cameras import Camera, camera_rays
 from sjc_engine.composite import WEIGHT_THRESHOLD, composite
 from sjc_engine.field import VoxelField
 from sjc_engine.march import HitRays, fused_supported, render_hit_rays
@@ -272,9 +272,12 @@ def render_images(
     if not cameras:
         return []
     dev, dtype = field.density.device, field.density.dtype
-    rays = [cam.rays(device=dev, dtype=dtype) for cam in cameras]  # (H, W, 3) origins and directions each
-    origins = torch.cat([o.reshape(-1, 3) for o, _ in rays])  # (sum_v H_v W_v, 3)
-    dirs = torch.cat([d.reshape(-1, 3) for _, d in rays])
+    if len({(cam.height, cam.width) for cam in cameras}) == 1:
+        origins, dirs = (t.reshape(-1, 3) for t in camera_rays(list(cameras), dev, dtype))  # (sum_v H_v W_v, 3)
+    else:
+        rays = [cam.rays(device=dev, dtype=dtype) for cam in cameras]  # (H, W, 3) origins and directions each
+        origins = torch.cat([o.reshape(-1, 3) for o, _ in rays])  # (sum_v H_v W_v, 3)
+        dirs = torch.cat([d.reshape(-1, 3) for _, d in rays])
     per_ray = None
     if backgrounds is not None:
         if backgrounds.shape != (len(cameras), field.channels):

@@ -2,11 +2,12 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from sjc_engine.cameras import spherical_camera
+from sjc_engine.cameras import sample_camera, spherical_camera
 from sjc_engine.field import VoxelField
 from sjc_engine.losses import emptiness_loss
 from sjc_engine import renderer
@@ -170,6 +171,35 @@ def test_render_images_equals_one_render_per_view(skipping: bool) -> None:
     for g, p in zip(grads_each, field.parameters()):
         assert float(g.abs().max()) > 0
         assert torch.allclose(g, p.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_camera_rays_of_several_cameras_are_each_cameras_own() -> None:
+    """camera_rays (the views of a step at once) gives, bit for bit, what one camera's arithmetic gives (the pixel
+    grid over the focal length, the rotation, the normalisation), as Camera.rays computed it one at a time."""
+    from sjc_engine.cameras import camera_rays, look_at
+
+    rng = np.random.default_rng(3)
+    cams = [sample_camera(rng, 12, 1.8, (-10.0, 80.0), (45.0, 60.0)) for _ in range(5)]
+    for dtype in (torch.float32, torch.float64):
+        origins, dirs = camera_rays(cams, dtype=dtype)
+        assert origins.shape == dirs.shape == (5, 12, 12, 3)
+        for v, cam in enumerate(cams):  # what Camera.rays computed before it went through camera_rays
+            H = W = 12
+            i = torch.arange(H, dtype=dtype) + 0.5
+            ii, jj = torch.meshgrid(i, i, indexing="ij")
+            d = torch.stack([(jj - W / 2) / cam.focal, -(ii - H / 2) / cam.focal, -torch.ones_like(ii)], -1)
+            d = d @ cam.c2w.to(dtype)[:3, :3].T
+            assert torch.equal(dirs[v], d / d.norm(dim=-1, keepdim=True))
+            assert torch.equal(origins[v], cam.c2w.to(dtype)[:3, 3].expand(H, W, 3))
+    with pytest.raises(ValueError, match="one size"):
+        camera_rays([cams[0], sample_camera(rng, 8)])
+    eye = np.array([0.3, -1.1, 0.7])  # look_at's cross products: numpy's, bit for bit
+    back = eye / np.linalg.norm(eye)
+    right = np.cross([0.0, 1.0, 0.0], back)
+    right /= np.linalg.norm(right)
+    want = np.concatenate([right, np.cross(back, right), back])
+    got = look_at(eye)[:3, :3].T.reshape(-1).double().numpy()
+    assert np.array_equal(got, want.astype(np.float32).astype(np.float64)) and not math.isnan(got.sum())
 
 
 def test_render_images_over_given_backgrounds() -> None:
