@@ -227,8 +227,9 @@ class _FusedRender(torch.autograd.Function):
             return None, None, None, g_bg, None, None, None
         fld, keep = _field_args(dtype, ctx.scale, cfg)
         rs = rays.struct()
-        g_dens = torch.zeros(1, N, N, N, dtype=dtype) if need_d else None
-        g_fts = torch.zeros(C, N, N, N, dtype=dtype) if need_f else None
+        # the gradient grids are zeroed by the job that scatters into them (with two threads, on both at once)
+        g_dens = torch.empty(1, N, N, N, dtype=dtype) if need_d else None
+        g_fts = torch.empty(C, N, N, N, dtype=dtype) if need_f else None
         g_ds = torch.zeros(n, dtype=torch.float64)  # (n,) d_scale's gradient per ray
         fplanes = pointer_array(list(g_fts.view(C, -1))) if g_fts is not None else None
         fn = kernel("march_bwd", dtype)
@@ -240,14 +241,20 @@ class _FusedRender(torch.autograd.Function):
             return fn(ctypes.byref(fld), ctypes.byref(rs), j0, j1, *ins, parts,
                       g_density.data_ptr() if g_density is not None else None, fplanes, g_ds.data_ptr())
 
+        def zero(grid: Tensor | None) -> int:
+            if grid is not None:
+                grid.zero_()
+            return 0
+
         g_late = None  # the density gradient of the second thread's rays
         if len(split_rays(n, rays.K)) > 2 and need_d and need_f:  # two threads
             cut = _density_cut(stats, rays.order)
-            g_late = torch.zeros_like(g_dens)
-            jobs = [lambda: call(0, n, FEATURES_PART) + call(0, cut, DENSITY_PART),
-                    lambda: call(cut, n, DENSITY_PART, g_late)]
+            g_late = torch.empty_like(g_dens)
+            jobs = [lambda: zero(g_fts) + call(0, n, FEATURES_PART) + zero(g_dens) + call(0, cut, DENSITY_PART),
+                    lambda: zero(g_late) + call(cut, n, DENSITY_PART, g_late)]
         else:
-            jobs = [lambda: call(0, n, (DENSITY_PART if need_d else 0) + (FEATURES_PART if need_f else 0))]
+            jobs = [lambda: zero(g_dens) + zero(g_fts) + call(0, n, (DENSITY_PART if need_d else 0)
+                                                              + (FEATURES_PART if need_f else 0))]
         codes: list[int] = []
         run_jobs([lambda job=job: codes.append(job()) for job in jobs])
         del keep
