@@ -69,7 +69,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"march_range_{suf}").restype = None
         getattr(lib, f"ray_setup_{suf}").argtypes = [vp, vp, i64, fl, fl, fl, fl, vp, vp, vp, vp, vp]
         getattr(lib, f"ray_setup_{suf}").restype = i64
-        getattr(lib, f"smooth_fwd_{suf}").argtypes = [vp, i64, i64, vp]
+        getattr(lib, f"smooth_fwd_{suf}").argtypes = [vp, i64, i64, i64, i64, vp]
         getattr(lib, f"smooth_fwd_{suf}").restype = ctypes.c_double
         for name in ("tri_fwd", "tri_bwd", "comp_fwd", "comp_bwd", "adamax", "march_fwd"):
             getattr(lib, f"{name}_{suf}").restype = None

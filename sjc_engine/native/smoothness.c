@@ -28,15 +28,17 @@
 
 /* Smoothness of B grids g (B, n, n, n): returns sum over the three axes of mean((g[i+1] - g[i])^2) (each mean
    over the B (n - 1) n^2 differences along that axis), and writes its gradient into grad (B, n, n, n):
-   grad[x] = c sum_axes ([i > 0] (x - x_prev) + [i < n - 1] (x - x_next)), c = 2 / (B (n - 1) n^2). n >= 2. */
-double FN(smooth_fwd)(const T* g, int64_t B, int64_t n, T* grad) {
+   grad[x] = c sum_axes ([i > 0] (x - x_prev) + [i < n - 1] (x - x_next)), c = 2 / (B (n - 1) n^2). n >= 2.
+   Only the slabs i in [i0, i1) of the first axis: their gradient, and their part of the sum (the differences with
+   their next neighbours), so two threads can take one range each. */
+double FN(smooth_fwd)(const T* g, int64_t B, int64_t n, int64_t i0, int64_t i1, T* grad) {
     const int64_t nn = n * n;
     const T c = (T)(2.0 / ((double)B * (double)(n - 1) * (double)nn));
     double total = 0;
     for (int64_t b = 0; b < B; ++b) {
         const T* gb = g + b * nn * n;
         T* ob = grad + b * nn * n;
-        for (int64_t i = 0; i < n; ++i)
+        for (int64_t i = i0; i < i1; ++i)
             for (int64_t j = 0; j < n; ++j) {
                 const T* row = gb + (i * n + j) * n;
                 const T* xp = i > 0 ? row - nn : NULL;

@@ -54,6 +54,31 @@ def test_center_depth_guarded_log():
     assert torch.isfinite(d.grad).all()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_smoothness_kernel_equals_the_torch_ops(threads: int) -> None:
+    """The C kernel (one slab range per thread) against the differences in torch: value and gradient, with the
+    grid's first-axis halves on two threads as on one."""
+    from sjc_engine import parallel
+    from sjc_engine.losses import smoothness_loss
+    from sjc_engine.native import native_lib
+
+    if native_lib() is None:
+        pytest.skip("C kernels not built")
+    g = torch.randn(2, 9, 9, 9, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    want = sum(g.diff(dim=axis).square().mean() for axis in (-3, -2, -1))
+    want.backward()
+    want_grad, g.grad = g.grad, None
+    before = parallel._WORKERS
+    parallel.set_workers(threads)
+    try:
+        got = smoothness_loss(g)
+        got.backward()
+    finally:
+        parallel.set_workers(before)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(g.grad, want_grad, rtol=1e-5, atol=1e-7)
+
+
 def test_center_depth_checks_shape():
     with pytest.raises(ValueError):
         center_depth_loss(torch.zeros(1, 8, 8))
