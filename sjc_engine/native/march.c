@@ -476,18 +476,33 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
                 for (int64_t k = 0; k < ns; ++k) blog[k] = LOG1PV(F->empty_scale * bw[k]); /* vectorised for float */
                 for (int64_t k = 0; k < ns; ++k) empty += (double)blog[k];
             }
-            for (int64_t k = 0; k < ns; ++k) /* the weights out, and the depth, in order */
-                if (btau[k] != 0) {
-                    const int64_t ik = bi[k];
-                    wr[ik] = bw[k];
-                    if (rr) rr[ik] = braw[k];
-                    dep += bw[k] * (t0 + (T)ik * F->step);
+            /* the weights out, and the depth, in order; the features out, and their sum, in order (the raw
+               densities and features only for a backward: rr, fs NULL otherwise, one loop for each case) */
+            if (rr) {
+                for (int64_t k = 0; k < ns; ++k)
+                    if (btau[k] != 0) {
+                        const int64_t ik = bi[k];
+                        wr[ik] = bw[k];
+                        rr[ik] = braw[k];
+                        dep += bw[k] * (t0 + (T)ik * F->step);
+                    }
+                for (int64_t t = 0; t < nsh; ++t) {
+                    const int32_t k = bsh[t];
+                    T* fi = fs + (off + bi[k]) * C;
+                    for (int64_t c = 0; c < C; ++c) {
+                        fi[c] = bfeat[t * C + c];
+                        rgb[c] += bw[k] * fi[c];
+                    }
                 }
-            for (int64_t t = 0; t < nsh; ++t) { /* the features out, and their sum, in order */
-                const int32_t k = bsh[t];
-                const T* f = bfeat + t * C;
-                if (fs) memcpy(fs + (off + bi[k]) * C, f, (size_t)C * sizeof(T));
-                for (int64_t c = 0; c < C; ++c) rgb[c] += bw[k] * f[c];
+            } else {
+                for (int64_t k = 0; k < ns; ++k)
+                    if (btau[k] != 0) {
+                        const int64_t ik = bi[k];
+                        wr[ik] = bw[k];
+                        dep += bw[k] * (t0 + (T)ik * F->step);
+                    }
+                for (int64_t t = 0; t < nsh; ++t)
+                    for (int64_t c = 0; c < C; ++c) rgb[c] += bw[bsh[t]] * bfeat[t * C + c];
             }
         }
         const T keep = 1 - (1 - trans); /* 1 - opacity, rounded as the torch path's */
