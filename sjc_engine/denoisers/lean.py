@@ -23,7 +23,7 @@ each of the 1-2 thousand steps of a run. After :attr:`LeanUNet.TRACE_AFTER` infe
 body is traced (``torch.jit.trace`` of a function: the weights are the parameters' own tensors, the cached keys and
 values inputs): 0.1-0.15 s once, then no interpreter between the operations, so the two guidance branches' threads
 no longer wait for each other's Python, outputs bit-equal (figures in bench/RESULTS.md, "Embedded model: load and
-call cost", and "The guided call traced at a run's fourth step").
+call cost", and "The guided call traced, the backward shared, smaller charts").
 
 Anything outside this (another block type, a config flag this code does not implement, ``.bin`` weights, a VAE)
 is :func:`unet_config_unsupported` & co. returning a reason, and the loader uses diffusers as before.
