@@ -41,7 +41,7 @@ __all__ = ["HitRays", "fused_supported", "render_hit_rays"]
 DENSITY_PART, FEATURES_PART = 1, 2  # march_bwd's parts (MARCH_DENSITY, MARCH_FEATURES in march.c)
 # A ray's backward cost per (looked-up, shaded) sample, in the density part and in the feature part (ns, fitted to
 # the two parts' times in embedded runs at 64^3 / 4 views, early and late: 19 + 44 and 1.6 + 74); only their
-# ratios matter (the two threads' shares, _Bwd2)
+# ratios matter (the two threads' shares, _density_cut)
 DENSITY_COST, FEATURE_COST = (19.0, 44.0), (1.6, 74.0)
 SORT_MIN_SAMPLES = 1 << 19  # dense samples from which rays are walked in direction order (HitRays.sort): 7% faster
 # at 100^3 / 64 x 64, none (or a little slower) at 64^3 / 32 x 32, where what the rays read stays in cache anyway
@@ -241,20 +241,29 @@ class _FusedRender(torch.autograd.Function):
             return fn(ctypes.byref(fld), ctypes.byref(rs), j0, j1, *ins, parts,
                       g_density.data_ptr() if g_density is not None else None, fplanes, g_ds.data_ptr())
 
-        def zero(grid: Tensor | None) -> int:
-            if grid is not None:
-                grid.zero_()
-            return 0
-
         g_late = None  # the density gradient of the second thread's rays
         if len(split_rays(n, rays.K)) > 2 and need_d and need_f:  # two threads
             cut = _density_cut(stats, rays.order)
             g_late = torch.empty_like(g_dens)
-            jobs = [lambda: zero(g_fts) + call(0, n, FEATURES_PART) + zero(g_dens) + call(0, cut, DENSITY_PART),
-                    lambda: zero(g_late) + call(cut, n, DENSITY_PART, g_late)]
+
+            def first() -> int:  # the feature scatter of every ray, the density path of walk positions [0, cut)
+                g_fts.zero_()
+                g_dens.zero_()
+                return call(0, n, FEATURES_PART) + call(0, cut, DENSITY_PART)
+
+            def second() -> int:  # the density path of [cut, n), into a gradient of its own
+                g_late.zero_()
+                return call(cut, n, DENSITY_PART, g_late)
+
+            jobs = [first, second]
         else:
-            jobs = [lambda: zero(g_dens) + zero(g_fts) + call(0, n, (DENSITY_PART if need_d else 0)
-                                                              + (FEATURES_PART if need_f else 0))]
+            def every() -> int:
+                for grid in (g_dens, g_fts):
+                    if grid is not None:
+                        grid.zero_()
+                return call(0, n, (DENSITY_PART if need_d else 0) + (FEATURES_PART if need_f else 0))
+
+            jobs = [every]
         codes: list[int] = []
         run_jobs([lambda job=job: codes.append(job()) for job in jobs])
         del keep
