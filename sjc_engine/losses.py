@@ -37,13 +37,14 @@ class _Smoothness(torch.autograd.Function):
     def forward(ctx: Any, grid: Tensor) -> Tensor:
         g = grid.detach().contiguous()
         n = g.shape[-1]
+        B = g.numel() // n**3  # grids
         grad = torch.empty_like(g)
         fn = kernel("smooth_fwd", g.dtype)
         cuts = [0, n // 2, n] if workers() > 1 else [0, n]  # slabs of the first axis, half each on two threads
         parts: list[float] = [0.0] * (len(cuts) - 1)
 
         def job(k: int) -> None:
-            parts[k] = fn(g.data_ptr(), g.numel() // n**3, n, cuts[k], cuts[k + 1], grad.data_ptr())
+            parts[k] = fn(g.data_ptr(), B, n, cuts[k], cuts[k + 1], grad.data_ptr())
 
         run_jobs([partial(job, k) for k in range(len(parts))])
         ctx.save_for_backward(grad)

@@ -46,9 +46,9 @@ class Atlas:
 #: A chart's boundary is at most this fraction of the mesh's bounding-box diagonal (xatlas's
 #: ``max_boundary_length``; its default, 0, sets no bound). Unbounded, xatlas grows a few large charts and that took
 #: 0.7 s for the embedded model's red cube (7,332 faces, 17 charts) and 1.5 s for its blue torus (9,504 faces, 20
-#: charts), holding the GIL throughout; bounded, 0.18 and 0.22 s (89 and 106 charts), the texture as well used
-#: (66 / 62 % of it against 67 / 63 %). The texels are baked from the surface point each covers, so a seam between
-#: charts shows no colour step.
+#: charts), holding the GIL throughout; bounded, 0.16 and 0.19 s (118 and 138 charts), the texture nearly as well
+#: used (65 / 62 % of it against 67 / 63 %). The texels are baked from the surface point each covers, so a seam
+#: between charts shows no colour step.
 CHART_BOUNDARY = 0.65
 
 

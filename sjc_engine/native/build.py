@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-SOURCES = ("trilinear.c", "composite.c", "adamax.c", "march.c", "rays.c", "smoothness.c")  # in this folder, compiled together into one library
+# in this folder, compiled together into one library
+SOURCES = ("trilinear.c", "composite.c", "adamax.c", "march.c", "rays.c", "smoothness.c")
 HEADERS = ("corner.h", "log1p.h")  # included by the sources: part of the cache key
 NATIVE_DTYPES = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}  # dtype -> (C type, suffix)
 BASE_FLAGS = ["-O3", "-shared", "-fPIC"]
