@@ -46,6 +46,10 @@ class SJCConfig:
         blob_decay: fraction of the run over which the blob is taken out of the density again, in equal parts
             after each step (default 0: it stays, only the optimiser moves it). The blob then gives every shape
             mass to start from without holding density where no view asks for it (a torus's hole).
+        fill_cavities: after the last step, fill what the field's surface encloses (:mod:`sjc_engine.cavities`:
+            empty nodes that do not reach the grid's border get the occupied nodes' median raw density and the
+            nearest occupied node's features), so the field is the solid the mesh export takes (default False:
+            the field as the optimiser left it, as the reference).
         feature_activation: ``"identity"`` (reference) or ``"tanh"`` (features squashed into [-1, 1];
             for pixel models, see :class:`sjc_engine.field.VoxelField`).
         cam_radius: camera distance from the origin (reference: 1.5).
@@ -107,6 +111,7 @@ class SJCConfig:
     blob_density: float = 0.0
     blob_radius: float = 0.5
     blob_decay: float = 0.0
+    fill_cavities: bool = False
     feature_activation: Literal["identity", "tanh"] = "identity"
     cam_radius: float = 1.5
     elev_range_deg: tuple[float, float] = (-6.0, 90.0)

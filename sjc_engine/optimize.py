@@ -16,6 +16,9 @@ Per step (pals-ttic/sjc ``run_sjc.py``, with callbacks, checkpoints and exact re
 5. over the first ``config.blob_decay`` of the run, take an equal part of the starting blob
    (:mod:`sjc_engine.priors`) out of the density.
 
+After the last step, with ``config.fill_cavities``, the field's enclosed cavities are filled
+(:mod:`sjc_engine.cavities`), before the last preview and checkpoint.
+
 Every ``occupancy.every`` steps the field's occupancy grid is rebuilt from its density (empty-space skipping,
 :mod:`sjc_engine.occupancy`); it is part of the resumable state, and rebuilt once more at the end so renders of
 the result (previews, video) skip empty space too.
@@ -37,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from sjc_engine.callbacks import Callbacks, StepReport
+from sjc_engine.cavities import fill_cavities
 from sjc_engine.cameras import sample_camera, spherical_camera, view_prompt
 from sjc_engine.config import SJCConfig
 from sjc_engine.denoisers.base import Denoiser
@@ -274,6 +278,10 @@ def run_sjc(
                 field.density.sub_(decay)
 
         done = step + 1
+        if done == total and config.fill_cavities:  # the field becomes the solid its surface encloses
+            fill_cavities(field, config.mesh_threshold)
+            if skip_every > 0:
+                field.refresh_occupancy(march_step, occupancy)
         losses = {"score": float(grad.pow(2).mean()), "emptiness": float(l_empty.detach()), "emptiness_weight": float(w_e)}
         if l_depth is not None:
             losses["center_depth"] = float(l_depth.detach())
