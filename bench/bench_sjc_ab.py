@@ -13,6 +13,7 @@ mesh, video or texture), so settings and weights can be compared side by side on
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json seed=1 smooth_weight=0   # another seed (default 0)
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json seeds=0,1,2   # every prompt with each seed
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json shapes=torus,cube   # only these prompts
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json elev_range_deg=-25,80   # a pair: comma-separated
 
 With ``seeds=`` the summary pools every (prompt, seed) run (median and worst IoU over all of them, counts out of
 all of them) and adds each seed's median.
@@ -56,7 +57,10 @@ def parse_overrides(items: list[str]) -> tuple[str, list[int], list[tuple[str, s
         if not hasattr(defaults, key):
             raise SystemExit(f"unknown setting {key!r}")
         current = getattr(defaults, key)
-        kw[key] = value == "1" if isinstance(current, bool) else type(current)(value) if current is not None else float(value)
+        if isinstance(current, tuple):  # e.g. elev_range_deg=-25,80
+            kw[key] = tuple(float(v) for v in value.split(","))
+        else:
+            kw[key] = value == "1" if isinstance(current, bool) else type(current)(value) if current is not None else float(value)
     return model, seeds, prompts, kw
 
 
