@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from sjc_engine.callbacks import Callbacks, StepReport
-from sjc_engine.cavities import fill_cavities
 from sjc_engine.cameras import sample_camera, spherical_camera, view_prompt
+from sjc_engine.cavities import fill_cavities
 from sjc_engine.config import SJCConfig
 from sjc_engine.denoisers.base import Denoiser
 from sjc_engine.field import NEUTRAL_BACKGROUND, VoxelField
