@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from sjc_engine.export.colors import Decode, surface_colors
 from sjc_engine.export.formats import MESH_FORMATS
-from sjc_engine.export.surface import EmptyMeshError, extract_surface
+from sjc_engine.export.surface import BLUR, EmptyMeshError, extract_surface
 from sjc_engine.export.texture import ColorFn, bake_texture, unwrap
 from sjc_engine.export.writers import textured_mesh, write_glb, write_obj, write_ply, write_stl
 from sjc_engine.field import VoxelField
@@ -51,6 +51,7 @@ def extract_mesh(
     keep_ratio: float = 0.1,
     views: int = 12,
     size: int = 64,
+    blur: float = BLUR,
 ) -> trimesh.Trimesh:
     """The field's clean surface (see :func:`~sjc_engine.export.surface.extract_surface`) with sRGB vertex colours.
 
@@ -59,13 +60,13 @@ def extract_mesh(
         threshold: iso-level in density units (``SJCConfig.mesh_threshold``).
         decode: features (B, C, H, W) to RGB in [0, 1]; ``None``: pixel features in [-1, 1].
         is_latent: the features are VAE latents (colours then come from decoded renderings).
-        target_faces, upsample, smooth_iterations, keep_ratio: see ``extract_surface``.
+        target_faces, upsample, smooth_iterations, keep_ratio, blur: see ``extract_surface``.
         views, size: renderings (and their size before decoding) used for latent fields' colours.
 
     Raises:
         EmptyMeshError: when the density does not cross ``threshold``.
     """
-    mesh = extract_surface(field, threshold, upsample, smooth_iterations, keep_ratio, target_faces)
+    mesh = extract_surface(field, threshold, upsample, smooth_iterations, keep_ratio, target_faces, blur)
     colors = surface_colors(field, mesh.vertices, mesh.vertex_normals, decode, is_latent, views, size)
     rgba = np.concatenate([colors, np.ones_like(colors[:, :1])], axis=1)
     mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=(rgba * 255 + 0.5).astype(np.uint8))

@@ -4,6 +4,8 @@ The steps, in order (each a small function below):
 
 1. :func:`sample_density`: the density on a grid ``upsample`` times finer than the field's (the field is
    trilinear in its raw density, so this is exactly what the renderer sees, not a blur of voxels);
+   then :func:`smooth_density`: a Gaussian blur of ``blur`` voxels, rescaled so that the object keeps its volume
+   (score distillation leaves the density bumpy a few voxels wide: the surface came out pebbly);
 2. :func:`close_volume`: enclosed cavities filled (renders constrain only what is visible, so a fitted
    object is often a shell around an interior at the initial density: inner sheets) and the box border
    pushed below the level, so the surface is closed;
@@ -34,6 +36,9 @@ from skimage import measure
 from sjc_engine.field import VoxelField
 
 
+BLUR = 1.0  # the density's smoothing before marching cubes, in field voxels (bench/RESULTS.md, "Smooth surfaces")
+
+
 class EmptyMeshError(ValueError):
     """The density never crosses the threshold (or is above it everywhere): there is no surface."""
 
@@ -61,6 +66,24 @@ def sample_density(field: VoxelField, side: int) -> tuple[np.ndarray, float]:
         raw = F.interpolate(raw, size=(side, side, side), mode="trilinear", align_corners=True)  # (1, 1, M, M, M)
     dens = field.activate(raw[0, 0].to(field.d_scale.device)).float().cpu().numpy()
     return dens, 2.0 * field.bbox / (side - 1)
+
+
+def smooth_density(density: np.ndarray, level: float, sigma: float, keep_ratio: float = 0.1) -> np.ndarray:
+    """``density`` blurred by a Gaussian of ``sigma`` nodes, rescaled so that the object keeps its volume: as many
+    nodes lie above ``level`` as in its pieces (26-connected) of at least ``keep_ratio`` x the largest one's nodes
+    before (a plain blur moves the surface in or out, by how fast the density rises behind it: a thin, faint
+    object would shrink; specks the blur removes are not counted, or the object would grow by their volume).
+    ``sigma`` 0, or no node above ``level`` (or every node): ``density`` as it is."""
+    occ = density > level
+    if sigma <= 0 or not occ.any() or occ.all():
+        return density
+    labels, count = ndimage.label(occ, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel())[1:]  # (count,) nodes of each piece
+    inside = int(sizes[sizes >= keep_ratio * sizes.max()].sum())
+    blurred = ndimage.gaussian_filter(density, sigma, mode="nearest")
+    kth = blurred.size - inside
+    at = float(np.partition(blurred.ravel(), kth)[kth])  # the inside-th largest value
+    return blurred * np.float32(level / at) if at > 0 else blurred
 
 
 def close_volume(density: np.ndarray, level: float) -> np.ndarray:
@@ -201,6 +224,7 @@ def extract_surface(
     smooth_iterations: int = 10,
     keep_ratio: float = 0.1,
     target_faces: int = 30_000,
+    blur: float = BLUR,
 ) -> trimesh.Trimesh:
     """The field's surface at density ``threshold`` as a clean, outward-facing triangle mesh in world units.
 
@@ -211,18 +235,19 @@ def extract_surface(
         smooth_iterations: Taubin smoothing iterations (default 10; 0: none).
         keep_ratio: pieces smaller than this fraction of the largest piece's volume are dropped (default 0.1).
         target_faces: the face budget (default 30,000); fewer faces are kept as they are.
+        blur: standard deviation of the density's smoothing, in the field's voxels (default :data:`BLUR`; 0: none).
 
     Raises:
         EmptyMeshError: when the density does not cross ``threshold``.
     """
     side = grid_side(field, upsample)
-    mesh = _march_field(field, side, threshold)
+    mesh = _march_field(field, side, threshold, blur, keep_ratio)
     pieces = piece_sizes(mesh)
     n_faces = sum(len(c) for c in _kept(*pieces, keep_ratio))  # faces after step 4, without building that mesh
     coarse = int((side - 1) * (target_faces / n_faces) ** 0.5) + 1 if n_faces > target_faces else 0
     if coarse >= 8:
         # faces grow as 1 / spacing^2: march again at the spacing that gives ~the budget, decimate the rest
-        mesh = remove_floaters(_march_field(field, coarse, threshold), keep_ratio)
+        mesh = remove_floaters(_march_field(field, coarse, threshold, blur, keep_ratio), keep_ratio)
     else:
         mesh = _keep_pieces(mesh, *pieces, keep_ratio)
     mesh = smooth(mesh, smooth_iterations)
@@ -230,7 +255,8 @@ def extract_surface(
     return orient_outward(mesh)
 
 
-def _march_field(field: VoxelField, side: int, threshold: float) -> trimesh.Trimesh:
-    """Steps 1-3: sample at ``side``^3 nodes, close, march."""
+def _march_field(field: VoxelField, side: int, threshold: float, blur: float, keep_ratio: float) -> trimesh.Trimesh:
+    """Steps 1-3: sample at ``side``^3 nodes, smooth (``blur`` field voxels), close, march."""
     density, spacing = sample_density(field, side)
+    density = smooth_density(density, threshold, blur * (side - 1) / (field.grid_size - 1), keep_ratio)
     return march(close_volume(density, threshold), threshold, spacing, -field.bbox)

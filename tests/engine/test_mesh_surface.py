@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from scipy import ndimage
 
 from sjc_engine.export.mesh import extract_mesh
 from sjc_engine.export.quality import chamfer, mesh_iou
-from sjc_engine.export.surface import EmptyMeshError, decimate, extract_surface
+from sjc_engine.export.surface import EmptyMeshError, decimate, extract_surface, smooth_density
 from sjc_engine.field import VoxelField
 
 THRESHOLD = 5.0
@@ -102,3 +103,37 @@ def test_quality_measures_on_a_known_mesh() -> None:
     moved.apply_translation([0.2, 0.0, 0.0])
     assert 0.4 < mesh_iou(moved, sdf_sphere, pitch=0.01) < 0.7  # two balls of radius 0.45, centres 0.2 apart: 0.506
     assert chamfer(moved, sdf_sphere, n=5000) > 0.05
+
+
+def test_smooth_density_keeps_the_count_above_the_level() -> None:
+    rng = np.random.default_rng(0)
+    p = np.stack(np.meshgrid(*[np.linspace(-1, 1, 40)] * 3, indexing="ij"), -1)  # (40, 40, 40, 3)
+    faint = np.where(np.linalg.norm(p, axis=-1) < 0.5, 6.0, 0.0) + rng.uniform(0, 2, (40, 40, 40))  # just over 5
+    dense = faint.astype(np.float32)
+    smoothed = smooth_density(dense, THRESHOLD, 1.5)
+    assert smoothed.dtype == np.float32 and not np.array_equal(smoothed, dense)
+    assert abs(int((smoothed > THRESHOLD).sum()) - int((dense > THRESHOLD).sum())) <= 1
+    plain = ndimage.gaussian_filter(dense, 1.5, mode="nearest")  # a plain blur shrinks a faint object
+    assert (plain > THRESHOLD).sum() < 0.9 * (dense > THRESHOLD).sum()
+    assert smooth_density(dense, THRESHOLD, 0.0) is dense
+    specks = dense.copy()
+    specks[tuple(rng.integers(0, 40, (3, 200)))] = 50.0  # 200 single-node specks, most outside the ball
+    ball = int((specks[np.linalg.norm(p, axis=-1) < 0.5] > THRESHOLD).sum())
+    assert abs(int((smooth_density(specks, THRESHOLD, 1.5) > THRESHOLD).sum()) - ball) <= 1 + 0.01 * ball
+    empty = np.zeros((8, 8, 8), np.float32)
+    assert smooth_density(empty, THRESHOLD, 1.0) is empty
+
+
+def test_blur_takes_the_bumps_off_a_noisy_sphere() -> None:
+    field = analytic_field(sdf_sphere, floaters=False)
+    rng = np.random.default_rng(0)
+    bumps = ndimage.gaussian_filter(rng.standard_normal(field.density.shape[1:]), 1.0)  # a voxel or two wide
+    with torch.no_grad():
+        field.density[0] += torch.from_numpy(20.0 * bumps / bumps.std()).float()  # the surface moved by ~a voxel
+    meshes = {blur: extract_surface(field, THRESHOLD, target_faces=20_000, blur=blur) for blur in (0.0, 1.0)}
+    assert all(m.is_watertight for m in meshes.values())
+    assert meshes[1.0].euler_number == 2  # a sphere, no tunnels between bumps
+    radius = {blur: np.linalg.norm(m.vertices, axis=1) for blur, m in meshes.items()}  # (V,) each
+    assert radius[1.0].std() < 0.6 * radius[0.0].std(), (radius[1.0].std(), radius[0.0].std())
+    assert abs(meshes[1.0].volume / meshes[0.0].volume - 1) < 0.05  # the same size
+    assert chamfer(meshes[1.0], sdf_sphere, n=5000) < chamfer(meshes[0.0], sdf_sphere, n=5000)
