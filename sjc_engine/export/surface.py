@@ -77,8 +77,8 @@ def smooth_density(density: np.ndarray, level: float, sigma: float, keep_ratio: 
     occ = density > level
     if sigma <= 0 or not occ.any() or occ.all():
         return density
-    labels, count = ndimage.label(occ, structure=np.ones((3, 3, 3), dtype=bool))
-    sizes = np.bincount(labels.ravel())[1:]  # (count,) nodes of each piece
+    labels, _ = ndimage.label(occ, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel())[1:]  # (pieces,) nodes of each
     inside = int(sizes[sizes >= keep_ratio * sizes.max()].sum())
     blurred = ndimage.gaussian_filter(density, sigma, mode="nearest")
     kth = blurred.size - inside
