@@ -182,5 +182,5 @@ def _export_mesh(
         cams = color_views(COLOR_VIEWS, size, 2.2 * field.bbox, config.test_fov_deg)
         color_fn = lambda p, n: projected_colors(field, p, n, decode, cams)  # noqa: E731
     else:
-        color_fn = lambda p, n: local_colors(field, p, n, decode)  # noqa: E731
+        color_fn = lambda p, n: local_colors(field, p, n, decode, threshold=config.mesh_threshold)  # noqa: E731
     return save_mesh(mesh, out_dir, formats=mesh_formats, color_fn=color_fn, texture_size=config.texture_size), None

@@ -6,7 +6,9 @@ Two ways, chosen by what the field's features are:
   marched straight in along the inward normal, from a few voxels outside to a few inside, and composited
   with the renderer's own rule (threestudio asks the field for its colour at the texel's surface point; the
   short ray does the same while averaging over the thin shell the renderer actually shows). Exact, and
-  independent of which views see the point.
+  independent of which views see the point. Given the surface's density level, the features are first averaged
+  over the object's outer shell (:func:`smoothed_features`): the score leaves a surface's colour mottled a voxel
+  or two wide, and the texture shows the average.
 - :func:`projected_colors` (latent models: features are VAE latents and mean nothing pointwise): the field
   is rendered from several views, each rendering decoded at full resolution, every point projected into every
   view and the views where it is visible (its distance matches the rendered depth: a depth test) averaged,
@@ -26,13 +28,40 @@ from torch import Tensor
 from sjc_engine.cameras import Camera, spherical_camera
 from sjc_engine.field import VoxelField
 from sjc_engine.renderer import render_image
+from sjc_engine.trilinear import trilinear_rays
 
 Decode = Callable[[Tensor], Tensor]
+COLOR_BLUR = 1.0  # the surface colours' smoothing, in voxels (bench/RESULTS.md, "Even colours")
+SHELL_VOXELS = 2.0  # how deep under the surface the features that colour it are taken from
 
 
 def pixel_decode(x: Tensor) -> Tensor:
     """Pixel-space features in [-1, 1] to RGB in [0, 1] (the first three channels)."""
     return ((x.clamp(-1, 1) + 1) / 2)[:, :3]
+
+
+@torch.no_grad()
+def smoothed_features(
+    field: VoxelField, threshold: float, sigma: float = COLOR_BLUR, shell: float = SHELL_VOXELS
+) -> Tensor:
+    """The field's raw features (C, N, N, N) averaged over a Gaussian of ``sigma`` voxels, weighted by the activated
+    density of the nodes outside the object or at most ``shell`` voxels inside its surface (activated density
+    above ``threshold``): a normalised convolution over what the renders show. The untrained features of empty
+    space weigh as little as its density, those deeper inside (no render reaches them) nothing. ``sigma`` 0: the
+    features themselves."""
+    feats = field.features.detach()
+    if sigma <= 0:
+        return feats
+    from scipy import ndimage
+
+    act = field.density_grid().detach().float().cpu().numpy()  # (N, N, N)
+    depth = ndimage.distance_transform_edt(act > threshold)  # voxels to the nearest empty node, 0 outside
+    weight = np.where(depth <= shell, act, 0.0).astype(np.float32)  # (N, N, N)
+    total = ndimage.gaussian_filter(weight, sigma, mode="nearest")
+    f = feats.float().cpu().numpy()  # (C, N, N, N)
+    sums = np.stack([ndimage.gaussian_filter(f[c] * weight, sigma, mode="nearest") for c in range(len(f))])
+    out = np.where(total > 1e-6, sums / np.maximum(total, 1e-6), f)  # (C, N, N, N)
+    return torch.from_numpy(out).to(device=feats.device, dtype=feats.dtype)
 
 
 @torch.no_grad()
@@ -45,6 +74,7 @@ def local_colors(
     inside_voxels: float = 4.0,
     step_ratio: float = 0.5,
     chunk: int = 131_072,
+    threshold: float | None = None,
 ) -> np.ndarray:
     """Colours (P, 3) in [0, 1] of surface ``points`` (P, 3) seen straight on along their ``normals`` (P, 3).
 
@@ -55,9 +85,13 @@ def local_colors(
         outside_voxels, inside_voxels: the ray runs from this many voxels outside to this many inside.
         step_ratio: march step as a fraction of the voxel size.
         chunk: points per batch (memory).
+        threshold: the surface's density level (``SJCConfig.mesh_threshold``): the features are first averaged
+            over the object's outer shell (:func:`smoothed_features`); None: the field's own features.
     """
     dev = field.density.device
     n = field.grid_size
+    feats = smoothed_features(field, threshold) if threshold is not None else field.features.detach()
+    grids = (field.density.detach().view(1, -1), feats.reshape(field.channels, -1))
     scale = (n - 1) / (2.0 * field.bbox)  # world -> voxel index units
     step = step_ratio * field.voxel_size
     k = max(2, int(np.ceil((outside_voxels + inside_voxels) / step_ratio)))
@@ -68,7 +102,8 @@ def local_colors(
         start = ((p - d * outside_voxels * field.voxel_size + field.bbox) * scale).contiguous()
         delta = (d * step * scale).contiguous()
         counts = torch.full((len(p),), k, dtype=torch.long, device=dev)
-        raw, feats = field.lookup_rays(start, delta, counts, k)  # (R, k), (C, R, k)
+        raw, feats = trilinear_rays(start, delta, counts, k, n, *grids)  # (1, R, k), (C, R, k)
+        raw, feats = raw[0], field.activate_features(feats)
         alpha = 1.0 - torch.exp(-field.activate(raw) * step)  # (R, k)
         trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1]], 1), 1)
         w = alpha * trans  # (R, k)
@@ -161,12 +196,13 @@ def surface_colors(
     view_size: int = 64,
     radius: float | None = None,
     fov_deg: float = 60.0,
+    threshold: float | None = None,
 ) -> np.ndarray:
-    """sRGB colours (P, 3) in [0, 1] at surface points: :func:`local_colors` for pixel features,
-    :func:`projected_colors` (``views`` renderings of ``view_size`` pixels before decoding, at ``radius``,
-    default ``2.2 * bbox``) for latent ones."""
+    """sRGB colours (P, 3) in [0, 1] at surface points: :func:`local_colors` for pixel features (``threshold``:
+    see there), :func:`projected_colors` (``views`` renderings of ``view_size`` pixels before decoding, at
+    ``radius``, default ``2.2 * bbox``) for latent ones."""
     decode = decode or pixel_decode
     if not is_latent:
-        return local_colors(field, points, normals, decode)
+        return local_colors(field, points, normals, decode, threshold=threshold)
     cams = color_views(views, view_size, radius or 2.2 * field.bbox, fov_deg)
     return projected_colors(field, points, normals, decode, cams)

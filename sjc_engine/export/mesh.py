@@ -67,7 +67,8 @@ def extract_mesh(
         EmptyMeshError: when the density does not cross ``threshold``.
     """
     mesh = extract_surface(field, threshold, upsample, smooth_iterations, keep_ratio, target_faces, blur)
-    colors = surface_colors(field, mesh.vertices, mesh.vertex_normals, decode, is_latent, views, size)
+    colors = surface_colors(field, mesh.vertices, mesh.vertex_normals, decode, is_latent, views, size,
+                            threshold=threshold)
     rgba = np.concatenate([colors, np.ones_like(colors[:, :1])], axis=1)
     mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=(rgba * 255 + 0.5).astype(np.uint8))
     return mesh

@@ -15,7 +15,7 @@ from PIL import Image
 from sjc_engine.cameras import spherical_camera
 from sjc_engine.config import SJCConfig
 from sjc_engine.export.asset import export_asset
-from sjc_engine.export.colors import local_colors
+from sjc_engine.export.colors import local_colors, smoothed_features
 from sjc_engine.export.crop import crop_to_content
 from sjc_engine.export.images import image_grid, save_png, to_uint8_image
 from sjc_engine.export.mesh import EmptyMeshError, extract_mesh, save_mesh
@@ -70,6 +70,27 @@ def test_mesh_geometry_colors_and_floaters(ball_mesh: trimesh.Trimesh) -> None:
     assert ball_mesh.is_watertight and ball_mesh.volume > 0
     assert len(ball_mesh.faces) <= 4000
     sides_are_red_and_blue(v, ball_mesh.visual.vertex_colors[:, :3].astype(float) / 255)
+
+
+def test_surface_colours_average_the_shell_not_the_space_around_or_the_core() -> None:
+    torch.manual_seed(0)
+    field = two_color_ball()  # n = 24: voxels of 0.087, the ball's radius 0.5
+    with torch.no_grad():
+        r = field.grid_points().norm(dim=-1)
+        noise = 0.4 * torch.randn(3, *r.shape)
+        field.features.add_(torch.where(r < 0.5, noise, 5.0 * noise))  # mottled, and anything at all outside
+        green = torch.tensor([-1.0, 1.0, -1.0]).view(3, 1)
+        field.features[:, r < 0.2] = green  # a core no render reaches, in another colour
+    feats = field.features.detach()
+    smooth = smoothed_features(field, threshold=5.0)
+    assert smoothed_features(field, 5.0, sigma=0.0).data_ptr() == feats.data_ptr()
+    x = field.grid_points()[..., 0]
+    shell = (r < 0.5) & (r > 0.35) & (x > 0.15)  # the red side's outer layer
+    assert smooth[0][shell].std() < 0.6 * feats[0][shell].std()  # the mottling averages out
+    assert smooth[0][shell].mean() > 0.9 and smooth[1][shell].mean() < -0.9  # red: neither the outside nor the core
+    out = local_colors(field, np.array([[0.5, 0.0, 0.0], [-0.5, 0.0, 0.0]]), np.array([[1.0, 0, 0], [-1.0, 0, 0]]),
+                       threshold=5.0)
+    assert out[0, 0] > 0.9 and out[0, 1] < 0.1 and out[1, 2] > 0.9 and out[1, 1] < 0.1, out  # red, blue
 
 
 def test_mesh_files(ball_files: dict[str, Path], ball_mesh: trimesh.Trimesh) -> None:
