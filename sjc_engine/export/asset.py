@@ -30,7 +30,7 @@ from torch import Tensor
 
 from sjc_engine.cameras import spherical_camera
 from sjc_engine.config import SJCConfig
-from sjc_engine.export.colors import pixel_decode, local_colors, projected_colors, color_views
+from sjc_engine.export.colors import pixel_decode, local_colors, projected_colors, color_views, smoothed_features
 from sjc_engine.export.crop import crop_to_content
 from sjc_engine.export.formats import MESH_FORMATS
 from sjc_engine.field import VoxelField
@@ -171,10 +171,12 @@ def _export_mesh(
     for a field with no surface."""
     from sjc_engine.export.mesh import EmptyMeshError, extract_mesh, save_mesh
 
+    # a pixel field's colours, for the vertices and the texture alike: its features averaged over its outer shell
+    features = None if is_latent else smoothed_features(field, config.mesh_threshold)
     try:
         mesh = extract_mesh(
             field, config.mesh_threshold, decode, is_latent, target_faces=config.target_faces, size=size,
-            views=COLOR_VIEWS,
+            views=COLOR_VIEWS, features=features,
         )
     except EmptyMeshError as e:  # an empty (or full) field: keep the other results, say why
         return {}, f"mesh skipped: {e}"
@@ -182,5 +184,5 @@ def _export_mesh(
         cams = color_views(COLOR_VIEWS, size, 2.2 * field.bbox, config.test_fov_deg)
         color_fn = lambda p, n: projected_colors(field, p, n, decode, cams)  # noqa: E731
     else:
-        color_fn = lambda p, n: local_colors(field, p, n, decode, threshold=config.mesh_threshold)  # noqa: E731
+        color_fn = lambda p, n: local_colors(field, p, n, decode, features=features)  # noqa: E731
     return save_mesh(mesh, out_dir, formats=mesh_formats, color_fn=color_fn, texture_size=config.texture_size), None

@@ -6,9 +6,9 @@ Two ways, chosen by what the field's features are:
   marched straight in along the inward normal, from a few voxels outside to a few inside, and composited
   with the renderer's own rule (threestudio asks the field for its colour at the texel's surface point; the
   short ray does the same while averaging over the thin shell the renderer actually shows). Exact, and
-  independent of which views see the point. Given the surface's density level, the features are first averaged
-  over the object's outer shell (:func:`smoothed_features`): the score leaves a surface's colour mottled a voxel
-  or two wide, and the texture shows the average.
+  independent of which views see the point. The mesh export colours from the features averaged over the
+  object's outer shell (:func:`smoothed_features`): the score leaves a surface's colour mottled a voxel or two
+  wide, and the texture shows the average.
 - :func:`projected_colors` (latent models: features are VAE latents and mean nothing pointwise): the field
   is rendered from several views, each rendering decoded at full resolution, every point projected into every
   view and the views where it is visible (its distance matches the rendered depth: a depth test) averaged,
@@ -74,7 +74,7 @@ def local_colors(
     inside_voxels: float = 4.0,
     step_ratio: float = 0.5,
     chunk: int = 131_072,
-    threshold: float | None = None,
+    features: Tensor | None = None,
 ) -> np.ndarray:
     """Colours (P, 3) in [0, 1] of surface ``points`` (P, 3) seen straight on along their ``normals`` (P, 3).
 
@@ -85,12 +85,12 @@ def local_colors(
         outside_voxels, inside_voxels: the ray runs from this many voxels outside to this many inside.
         step_ratio: march step as a fraction of the voxel size.
         chunk: points per batch (memory).
-        threshold: the surface's density level (``SJCConfig.mesh_threshold``): the features are first averaged
-            over the object's outer shell (:func:`smoothed_features`); None: the field's own features.
+        features: raw features (C, N, N, N) to colour from instead of the field's own, e.g.
+            :func:`smoothed_features` (default None: the field's).
     """
     dev = field.density.device
     n = field.grid_size
-    feats = smoothed_features(field, threshold) if threshold is not None else field.features.detach()
+    feats = field.features.detach() if features is None else features
     grids = (field.density.detach().view(1, -1), feats.reshape(field.channels, -1))
     scale = (n - 1) / (2.0 * field.bbox)  # world -> voxel index units
     step = step_ratio * field.voxel_size
@@ -196,13 +196,13 @@ def surface_colors(
     view_size: int = 64,
     radius: float | None = None,
     fov_deg: float = 60.0,
-    threshold: float | None = None,
+    features: Tensor | None = None,
 ) -> np.ndarray:
-    """sRGB colours (P, 3) in [0, 1] at surface points: :func:`local_colors` for pixel features (``threshold``:
+    """sRGB colours (P, 3) in [0, 1] at surface points: :func:`local_colors` for pixel features (``features``:
     see there), :func:`projected_colors` (``views`` renderings of ``view_size`` pixels before decoding, at
     ``radius``, default ``2.2 * bbox``) for latent ones."""
     decode = decode or pixel_decode
     if not is_latent:
-        return local_colors(field, points, normals, decode, threshold=threshold)
+        return local_colors(field, points, normals, decode, features=features)
     cams = color_views(views, view_size, radius or 2.2 * field.bbox, fov_deg)
     return projected_colors(field, points, normals, decode, cams)

@@ -14,9 +14,10 @@ from typing import Collection
 import numpy as np
 import torch
 import trimesh
-from scipy import ndimage
+from torch import Tensor
 
-from sjc_engine.export.colors import Decode, surface_colors
+from sjc_engine.cavities import fill_holes, large_pieces
+from sjc_engine.export.colors import Decode, smoothed_features, surface_colors
 from sjc_engine.export.formats import MESH_FORMATS
 from sjc_engine.export.surface import BLUR, EmptyMeshError, extract_surface
 from sjc_engine.export.texture import ColorFn, bake_texture, unwrap
@@ -33,11 +34,7 @@ def solid_occupancy(field: VoxelField, threshold: float, keep_ratio: float = 0.1
     occ = field.density_grid().float().cpu().numpy() > threshold
     if not occ.any():
         return occ
-    labels, count = ndimage.label(occ, structure=np.ones((3, 3, 3), dtype=bool))
-    if count > 1:
-        sizes = np.bincount(labels.ravel())[1:]  # (count,)
-        occ = np.isin(labels, np.flatnonzero(sizes >= keep_ratio * sizes.max()) + 1)
-    return ndimage.binary_fill_holes(occ)
+    return fill_holes(large_pieces(occ, keep_ratio))
 
 
 def extract_mesh(
@@ -52,6 +49,7 @@ def extract_mesh(
     views: int = 12,
     size: int = 64,
     blur: float = BLUR,
+    features: Tensor | None = None,
 ) -> trimesh.Trimesh:
     """The field's clean surface (see :func:`~sjc_engine.export.surface.extract_surface`) with sRGB vertex colours.
 
@@ -62,13 +60,17 @@ def extract_mesh(
         is_latent: the features are VAE latents (colours then come from decoded renderings).
         target_faces, upsample, smooth_iterations, keep_ratio, blur: see ``extract_surface``.
         views, size: renderings (and their size before decoding) used for latent fields' colours.
+        features: raw features a pixel field's colours are taken from (default None:
+            :func:`~sjc_engine.export.colors.smoothed_features` at ``threshold``, computed here).
 
     Raises:
         EmptyMeshError: when the density does not cross ``threshold``.
     """
     mesh = extract_surface(field, threshold, upsample, smooth_iterations, keep_ratio, target_faces, blur)
+    if features is None and not is_latent:
+        features = smoothed_features(field, threshold)
     colors = surface_colors(field, mesh.vertices, mesh.vertex_normals, decode, is_latent, views, size,
-                            threshold=threshold)
+                            features=features)
     rgba = np.concatenate([colors, np.ones_like(colors[:, :1])], axis=1)
     mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=(rgba * 255 + 0.5).astype(np.uint8))
     return mesh

@@ -89,7 +89,7 @@ def test_surface_colours_average_the_shell_not_the_space_around_or_the_core() ->
     assert smooth[0][shell].std() < 0.6 * feats[0][shell].std()  # the mottling averages out
     assert smooth[0][shell].mean() > 0.9 and smooth[1][shell].mean() < -0.9  # red: neither the outside nor the core
     out = local_colors(field, np.array([[0.5, 0.0, 0.0], [-0.5, 0.0, 0.0]]), np.array([[1.0, 0, 0], [-1.0, 0, 0]]),
-                       threshold=5.0)
+                       features=smooth)
     assert out[0, 0] > 0.9 and out[0, 1] < 0.1 and out[1, 2] > 0.9 and out[1, 1] < 0.1, out  # red, blue
 
 
