@@ -35,6 +35,7 @@ from sjc_engine.field import VoxelField
 from sjc_engine.native import NATIVE_DTYPES, kernel, native_lib, native_supports, pointer_array
 from sjc_engine.occupancy import OccupancyGrid
 from sjc_engine.parallel import run_jobs, split_rays
+from sjc_engine import records
 
 __all__ = ["HitRays", "fused_supported", "render_hit_rays"]
 
@@ -53,7 +54,7 @@ def _field_struct(ctype: Any) -> type[ctypes.Structure]:
     return type("FieldT", (ctypes.Structure,), {"_fields_": [
         ("n", i64), ("density", vp), ("feats", vp), ("C", i64), ("scale", ctype), ("shift", ctype),
         ("step", ctype), ("tanh_act", i64), ("thr", ctype), ("occ", vp), ("g", i64), ("coarse", vp),
-        ("t_stop", ctype), ("empty_scale", ctype)]})
+        ("t_stop", ctype), ("empty_scale", ctype), ("aos", vp), ("g_aos", vp)]})
 
 
 class _RaysT(ctypes.Structure):
@@ -180,11 +181,17 @@ class _FusedRender(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, density: Tensor, features: Tensor, d_scale: Tensor, bg: Tensor, rays: HitRays,
-                cfg: _Settings, grid: OccupancyGrid | None) -> Any:
+                cfg: _Settings, grid: OccupancyGrid | None, box: Tensor | None) -> Any:
         dtype = bg.dtype
         n, K, R = rays.ray.shape[0], rays.K, bg.shape[0]
         scale = float(d_scale.detach().exp())
-        fld, keep = _field_args(dtype, scale, cfg, (density.detach(), features.detach()), grid)
+        recs = None
+        if box is not None:  # the field as node records (sjc_engine/records.py)
+            recs = records.pack(density.detach(), features.detach(), box)
+            fld, keep = _field_args(dtype, scale, cfg, None, grid)
+            fld.aos = recs.data_ptr()
+        else:
+            fld, keep = _field_args(dtype, scale, cfg, (density.detach(), features.detach()), grid)
         rs = rays.struct()
         w = bg.new_empty(n, K)  # dense weights
         kept = (n, K) if cfg.saved else (0, 0)  # for the backward only: raw density where w != 0, activated
@@ -203,8 +210,10 @@ class _FusedRender(torch.autograd.Function):
         run_jobs([partial(fn, ctypes.byref(fld), ctypes.byref(rs), a, b, bgc.data_ptr(), cfg.bg_depth, *outs)
                   for a, b in zip(cuts, cuts[1:])])
         del keep
+        if recs is not None:
+            records.release(recs)
         ctx.save_for_backward(w, raw, fs, bgc, opacity, stats)
-        ctx.rays, ctx.cfg, ctx.scale = rays, cfg, scale
+        ctx.rays, ctx.cfg, ctx.scale, ctx.box = rays, cfg, scale, box
         ctx.mark_non_differentiable(stats)
         ctx.set_materialize_grads(False)  # unused outputs' gradients stay None (no zero (n, K) weights gradient)
         return feat, depth, opacity, w, stats, empty
@@ -224,7 +233,7 @@ class _FusedRender(torch.autograd.Function):
         g_empty = g_empty.contiguous() if g_empty is not None and g_empty.numel() else None
         g_bg = g_feat * (1.0 - opacity)[:, None] if ctx.needs_input_grad[3] else None  # (R, C)
         if not (need_d or need_f):
-            return None, None, None, g_bg, None, None, None
+            return None, None, None, g_bg, None, None, None, None
         fld, keep = _field_args(dtype, ctx.scale, cfg)
         rs = rays.struct()
         # the gradient grids are zeroed by the job that scatters into them (with two threads, on both at once)
@@ -237,12 +246,22 @@ class _FusedRender(torch.autograd.Function):
                g_w.data_ptr() if g_w is not None else None, g_feat.data_ptr(), g_depth.data_ptr(), g_op.data_ptr(),
                g_empty.data_ptr() if g_empty is not None else None)
 
-        def call(j0: int, j1: int, parts: int, g_density: Tensor | None = g_dens) -> int:  # rays [j0, j1)
-            return fn(ctypes.byref(fld), ctypes.byref(rs), j0, j1, *ins, parts,
+        def call(j0: int, j1: int, parts: int, g_density: Tensor | None = g_dens, f: Any = fld) -> int:  # rays [j0, j1)
+            return fn(ctypes.byref(f), ctypes.byref(rs), j0, j1, *ins, parts,
                       g_density.data_ptr() if g_density is not None else None, fplanes, g_ds.data_ptr())
 
-        g_late = None  # the density gradient of the second thread's rays
-        if len(split_rays(n, rays.K)) > 2 and need_d and need_f:  # two threads
+        g_late = bufs = None  # the density gradient of the second thread's rays; gradient records
+        two = len(split_rays(n, rays.K)) > 2
+        if ctx.box is not None and need_d and need_f and records.gradients_pay(N, stats):  # into gradient records,
+            # one per thread (no two threads write one line), then into the planes (sjc_engine/records.py)
+            cuts = [0, _ray_cut(stats, rays.order), n] if two else [0, n]
+            bufs = [records.take_gradients(N) for _ in cuts[1:]]
+            structs = [type(fld).from_buffer_copy(fld) for _ in bufs]
+            for st, buf in zip(structs, bufs):
+                st.g_aos = buf.data_ptr()
+            jobs = [partial(call, a, b, DENSITY_PART + FEATURES_PART, g_dens, st)
+                    for a, b, st in zip(cuts, cuts[1:], structs)]
+        elif two and need_d and need_f:  # two threads
             cut = _density_cut(stats, rays.order)
             g_late = torch.empty_like(g_dens)
 
@@ -269,11 +288,24 @@ class _FusedRender(torch.autograd.Function):
         del keep
         if any(codes):
             raise MemoryError("march_bwd could not allocate its scratch")
+        if bufs is not None:
+            records.unpack(bufs, N, ctx.box, g_dens, g_fts)
         if g_late is not None:
             g_dens += g_late
         g_density = g_dens if ctx.needs_input_grad[0] else None
         g_dscale = g_ds.sum().to(dtype).reshape(()) if ctx.needs_input_grad[2] else None
-        return g_density, g_fts, g_dscale, g_bg, None, None, None
+        return g_density, g_fts, g_dscale, g_bg, None, None, None, None
+
+
+def _ray_cut(stats: Tensor, order: Tensor | None) -> int:
+    """Where the backward's two threads split the rays when each takes both parts of its rays (into gradient records
+    of its own): walk positions [0, cut) and [cut, n) cost about the same (:data:`DENSITY_COST`,
+    :data:`FEATURE_COST`; ``stats`` and ``order`` as :func:`_density_cut`'s)."""
+    looked, shaded = stats.double().unbind(1)  # (n,) each
+    cost = (DENSITY_COST[0] + FEATURE_COST[0]) * looked + (DENSITY_COST[1] + FEATURE_COST[1]) * shaded
+    if order is not None:
+        cost = cost[order]  # (n,) in walk order
+    return int((cost.cumsum(0) < float(cost.sum()) / 2).sum())
 
 
 def _density_cut(stats: Tensor, order: Tensor | None) -> int:
@@ -321,7 +353,9 @@ def render_hit_rays(
                     float(step), float(threshold), float(bg_depth), float(empty_scale), saved)
     if rays.order is None and rays.ray.shape[0] * rays.K >= SORT_MIN_SAMPLES:
         rays.sort()
+    box = records.records_box(field, rays.kept, cfg.saved)
     feat, depth, opacity, w, stats, empty = _FusedRender.apply(
-        field.density, field.features, field.d_scale, bg.contiguous(), rays, cfg, field.occupancy_grid)
+        field.density, field.features, field.d_scale, bg.contiguous(), rays, cfg, field.occupancy_grid, box)
     looked, shaded = stats.sum(0).tolist()
+    records.note_lookups(field, looked, rays.kept)
     return feat, depth, opacity, w, empty if empty_scale > 0 else None, int(looked), int(shaded)

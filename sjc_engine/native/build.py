@@ -76,6 +76,9 @@ def _declare(lib: ctypes.CDLL) -> None:
             getattr(lib, f"{name}_{suf}").restype = None
     lib.adamax_hw_fma.argtypes, lib.adamax_hw_fma.restype = [], ctypes.c_int
     lib.march_max_channels.argtypes, lib.march_max_channels.restype = [], ctypes.c_int
+    lib.march_aos.argtypes, lib.march_aos.restype = [], ctypes.c_int
+    lib.march_pack.argtypes, lib.march_pack.restype = [vp, vp, i64, vp, vp], None
+    lib.march_unpack.argtypes, lib.march_unpack.restype = [vp, vp, i64, vp, vp, vp], None
 
 
 def build_native() -> ctypes.CDLL | None:

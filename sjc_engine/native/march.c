@@ -43,6 +43,103 @@
 
 int march_max_channels(void) { return MAXC; }
 
+/* Whether march_fwd and march_bwd read and write node records (aos, g_aos in field_t): a float build with AVX2 and
+   FMA. */
+int march_aos(void) {
+#if defined(__AVX2__) && defined(__FMA__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Prefetches the lines of the node records (4 floats a node) of the cell at base: 4 pairs of 32 bytes, which may
+   each straddle two lines. */
+static inline void m_prefetch_records(const float* aos, int64_t base, const int64_t* o, int write) {
+    for (int q = 0; q < 8; q += 2) {
+        const float* a = aos + 4 * (base + o[q]);
+        if (write) {
+            __builtin_prefetch(a, 1);
+            __builtin_prefetch(a + 7, 1);
+        } else {
+            __builtin_prefetch(a, 0);
+            __builtin_prefetch(a + 7, 0);
+        }
+    }
+}
+
+/* The nodes of box (lo[3], hi[3], inclusive node indices per axis) of an n^3 grid, as runs along z: calls
+   body(i, len) for each run's first flat index. */
+#define M_BOX_RUNS(n, box, body)                                                                                   \
+    for (int64_t x = (box)[0]; x <= (box)[3]; ++x)                                                                 \
+        for (int64_t y = (box)[1]; y <= (box)[4]; ++y) {                                                           \
+            const int64_t i0 = (x * (n) + y) * (n) + (box)[2], len = (box)[5] - (box)[2] + 1;                      \
+            body(i0, len);                                                                                         \
+        }
+
+/* The node records out (n^3, 4) of the density plane d and the 3 feature planes f[c] (each n^3 floats), over the
+   nodes of box (lo[3], hi[3], inclusive; the records elsewhere are left as they are). */
+void march_pack(const float* d, const float* const* f, int64_t n, const int64_t* box, float* out) {
+#define PACK_RUN(i0, len)                                                                                          \
+    {                                                                                                              \
+        int64_t i = i0;                                                                                            \
+        PACK_VECTOR(i0, len)                                                                                       \
+        for (; i < i0 + len; ++i) {                                                                                \
+            out[4 * i] = d[i];                                                                                     \
+            for (int c = 0; c < 3; ++c) out[4 * i + 1 + c] = f[c][i];                                              \
+        }                                                                                                          \
+    }
+#if defined(__AVX__)
+#define PACK_VECTOR(i0, len)                                                                                       \
+    for (; i + 8 <= i0 + len; i += 8) { /* 8 nodes: a 4 x 8 transpose */                                          \
+        const __m256 a = _mm256_loadu_ps(d + i), b = _mm256_loadu_ps(f[0] + i);                                    \
+        const __m256 c = _mm256_loadu_ps(f[1] + i), e = _mm256_loadu_ps(f[2] + i);                                 \
+        const __m256 t0 = _mm256_unpacklo_ps(a, b), t1 = _mm256_unpackhi_ps(a, b);                                 \
+        const __m256 t2 = _mm256_unpacklo_ps(c, e), t3 = _mm256_unpackhi_ps(c, e);                                 \
+        const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);                   \
+        const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);                   \
+        _mm256_storeu_ps(out + 4 * i, _mm256_permute2f128_ps(u0, u1, 0x20));                                       \
+        _mm256_storeu_ps(out + 4 * i + 8, _mm256_permute2f128_ps(u2, u3, 0x20));                                   \
+        _mm256_storeu_ps(out + 4 * i + 16, _mm256_permute2f128_ps(u0, u1, 0x31));                                  \
+        _mm256_storeu_ps(out + 4 * i + 24, _mm256_permute2f128_ps(u2, u3, 0x31));                                  \
+    }
+#else
+#define PACK_VECTOR(i0, len)
+#endif
+    M_BOX_RUNS(n, box, PACK_RUN)
+#undef PACK_VECTOR
+#undef PACK_RUN
+}
+
+/* The gradients in node records a (n^3, 4; plus those of b where b is not NULL: a + b) over the nodes of box (as
+   march_pack's) into the density plane gd and the 3 feature planes gf[c] (n^3 each), zero outside the box (where a
+   backward scatters nothing), in one pass; a's and b's records in the box are zeroed (ready for the next backward). */
+void march_unpack(float* a, float* b, int64_t n, const int64_t* box, float* gd, float* const* gf) {
+    float* const planes[4] = {gd, gf[0], gf[1], gf[2]};
+    const int64_t z0 = box[2], z1 = box[5] + 1; /* the box's z run [z0, z1) */
+    for (int64_t x = 0; x < n; ++x)
+        for (int64_t y = 0; y < n; ++y) {
+            const int64_t row = (x * n + y) * n;
+            const int in = x >= box[0] && x <= box[3] && y >= box[1] && y <= box[4] && z1 > z0;
+            for (int c = 0; c < 4; ++c) {
+                if (!in) {
+                    memset(planes[c] + row, 0, (size_t)n * sizeof(float));
+                    continue;
+                }
+                memset(planes[c] + row, 0, (size_t)z0 * sizeof(float));
+                memset(planes[c] + row + z1, 0, (size_t)(n - z1) * sizeof(float));
+            }
+            if (!in) continue;
+            for (int64_t i = row + z0; i < row + z1; ++i) {
+                float r[4];
+                for (int c = 0; c < 4; ++c) r[c] = b ? a[4 * i + c] + b[4 * i + c] : a[4 * i + c];
+                for (int c = 0; c < 4; ++c) planes[c][i] = r[c];
+            }
+            memset(a + 4 * (row + z0), 0, (size_t)(z1 - z0) * 4 * sizeof(float));
+            if (b) memset(b + 4 * (row + z0), 0, (size_t)(z1 - z0) * 4 * sizeof(float));
+        }
+}
+
 /* e^x for float in plain arithmetic (Cody-Waite reduction and cephes' polynomial, ~1 ulp), so loops over
    blocks of samples vectorise; 0 below -87.3 (where expf gives denormals or 0), +inf above 88.7. */
 static inline float m_expf(float x) {
@@ -118,6 +215,29 @@ static inline void m_flush8(float* g, const int64_t* o, __m256 acc) {
 }
 #endif
 
+/* Raw density and 3 raw features of a sample (cell base, weights w8) from node records (4 floats a node: density,
+   features), v[0] the density, v[1 + c] feature c: one load per corner pair (z neighbours, adjacent records), and
+   the same products summed in the same order as m_tri8 (density, m_hsum8's order) and m_features (features,
+   m_hsum8x4's), so the same bits as from the planes. No products are fused into the sums (the contraction off). */
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+static inline void m_lookup_aos(const float* aos, int64_t base, const float* w8, const int64_t* o, float* v) {
+    const float* a = aos + 4 * base;
+    __m256 p[4]; /* p[q]: corners 2q (low half) and 2q + 1 (high half), 4 channels each, times their weights */
+    for (int q = 0; q < 4; ++q)
+        p[q] = _mm256_mul_ps(_mm256_loadu_ps(a + 4 * o[2 * q]),
+                             _mm256_set_m128(_mm_set1_ps(w8[2 * q + 1]), _mm_set1_ps(w8[2 * q])));
+    /* m_hsum8's ((c0 + c4) + (c2 + c6)) + ((c1 + c5) + (c3 + c7)) */
+    const __m256 dd = _mm256_add_ps(_mm256_add_ps(p[0], p[2]), _mm256_add_ps(p[1], p[3]));
+    const __m128 d = _mm_add_ps(_mm256_castps256_ps128(dd), _mm256_extractf128_ps(dd, 1));
+    /* m_hsum8x4's ((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7)) */
+    __m128 e[4];
+    for (int q = 0; q < 4; ++q) e[q] = _mm_add_ps(_mm256_castps256_ps128(p[q]), _mm256_extractf128_ps(p[q], 1));
+    const __m128 f = _mm_add_ps(_mm_add_ps(e[0], e[1]), _mm_add_ps(e[2], e[3]));
+    _mm_storeu_ps(v, _mm_blend_ps(f, d, 1)); /* lane 0 from d */
+}
+#pragma GCC pop_options
+
 /* The sums of the lanes of a, b, c and d, as the 4 lanes of one vector. */
 static inline __m128 m_hsum8x4(__m256 a, __m256 b, __m256 c, __m256 d) {
     const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d)); /* halves of each sum */
@@ -178,6 +298,10 @@ typedef struct {
     const int64_t* coarse;  /* (n,) coarse cell of each fine cell index, i / cell (no division per sample) */
     T t_stop;               /* with occ: a ray stops once its transmittance is below this (0: never) */
     T empty_scale;          /* > 0: each ray's emptiness sum, sum_i log(1 + empty_scale w_i), is made */
+    const float* aos;       /* march_fwd, or NULL: the field as node records (march_pack), read instead of density
+                               and feats (float, C == 3, march_aos()) */
+    float* g_aos;           /* march_bwd with both parts, or NULL: node records the gradients are added into
+                               (march_unpack), instead of g_density and g_features (as aos) */
 } FN(field_t);
 
 /* The hit rays (see the file comment). first may be NULL (0 for every ray). */
@@ -296,8 +420,12 @@ static inline void FN(m_prefetch_cells)(const FN(field_t)* F, const int32_t* bas
                                         const int64_t* o, int64_t* last) {
     for (int64_t k = 0; k < nb; ++k)
         if (!(bad && bad[k]) && base[k] != *last) {
-            FN(m_prefetch)(&F->density, 1, base[k], o, 0);
-            FN(m_prefetch)(F->feats, F->C, base[k], o, 0);
+            if (F->aos) {
+                m_prefetch_records(F->aos, base[k], o, 0);
+            } else {
+                FN(m_prefetch)(&F->density, 1, base[k], o, 0);
+                FN(m_prefetch)(F->feats, F->C, base[k], o, 0);
+            }
             *last = base[k];
         }
 }
@@ -402,6 +530,9 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
     T rgb[MAXC];
     /* a block of live samples (the next BLOCK not in empty cells): their density looked up (independent loads),
        their thickness (vectorised), their weights in order; then the features of those that count */
+#if FAST_FLOAT && defined(__AVX__)
+    T brec[4 * BLOCK]; /* with records: each live sample's raw density and features */
+#endif
     T braw[BLOCK], btau[BLOCK], bem[BLOCK], bw[BLOCK], blog[BLOCK], bcw[BLOCK][8], bfeat[BLOCK * MAXC];
     int32_t bbase[BLOCK], bi[BLOCK], bnan[BLOCK], ahead[BLOCK], bsh[BLOCK]; /* bnan 1: a NaN point (reads NaN) */
     for (int64_t jj = j0; jj < j1; ++jj) {
@@ -438,6 +569,14 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
                 FN(m_bases)(s, d, i, na, (int32_t)n, ahead);
                 FN(m_prefetch_cells)(F, ahead, NULL, na, o, &pcell);
             }
+#if FAST_FLOAT && defined(__AVX__)
+            if (F->aos) { /* their raw density and features at once (the records: one load per corner pair) */
+                for (int64_t k = 0; k < nl; ++k) {
+                    m_lookup_aos(F->aos, bbase[k], bcw[k], o, brec + 4 * k);
+                    braw[k] = bnan[k] ? NAN : brec[4 * k];
+                }
+            } else
+#endif
             for (int64_t k = 0; k < nl; ++k) /* their raw density */
                 braw[k] = bnan[k] ? NAN : FN(m_tri8)(bcw, k, F->density + bbase[k], o);
             FN(m_thickness)(braw, nl, F->scale, F->shift, F->step, btau, bem);
@@ -467,6 +606,12 @@ void FN(march_fwd)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0, int64
                                 activated together */
             for (int64_t k = 0; k < ns; ++k)
                 if (bw[k] >= F->thr) bsh[nsh++] = (int32_t)k;
+#if FAST_FLOAT && defined(__AVX__)
+            if (F->aos) {
+                for (int64_t t = 0; t < nsh; ++t)
+                    for (int64_t c = 0; c < 3; ++c) bfeat[t * 3 + c] = brec[4 * bsh[t] + 1 + c];
+            } else
+#endif
             for (int64_t t = 0; t < nsh; ++t) /* (a NaN point weighs NaN: never among them) */
                 FN(m_features)(F, bbase[bsh[t]], bcw, bsh[t], bfeat + t * C);
             if (F->tanh_act)
@@ -569,6 +714,10 @@ static inline int64_t FN(m_scatter_block)(const FN(field_t)* F, const T* s, cons
     for (int64_t k = 0, pc = cur; k < nb; ++k)
         if (!bnan[k] && bbase[k] != pc) {
             pc = bbase[k];
+            if (F->g_aos) {
+                m_prefetch_records(F->g_aos, pc, o, 1);
+                continue;
+            }
             if (dens) FN(m_prefetch)((const T* const*)gd, 1, pc, o, 1);
             if (feat && wr[bi[k]] >= F->thr) FN(m_prefetch)((const T* const*)g_features, C, pc, o, 1);
         }
@@ -634,6 +783,65 @@ static inline __attribute__((always_inline)) double FN(m_scatter_v)(
         if (fdirty)
             for (int64_t c = 0; c < NC; ++c) m_flush8(g_features[c] + cur, o, fa[c]);
     }
+    return gds;
+}
+#endif
+
+#if FAST_FLOAT && defined(__AVX2__) && defined(__FMA__)
+/* m_scatter_v with both parts and 3 channels into node records (F->g_aos): a cell's sums as one vector per corner
+   pair (the density and feature sums of corners 2q and 2q + 1, as their records lie), each sample's gradients
+   (density; features where w >= thr, else 0) multiplied in at once, and one 32-byte add per corner pair where the
+   cell is left: the same fused multiply-adds on each sum as m_scatter_v's, so the same bits. */
+static double FN(m_scatter_aos)(const FN(field_t)* F, const T* s, const T* d, int64_t m, const T* wr, const T* rr,
+                                const T* sa, const T* sg, const T* fsr, const T* grgb) {
+    const int64_t n = F->n, nn = n * n;
+    const int64_t o[8] = {0, 1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};
+    T bcw[BLOCK][8];
+    int32_t bi[BLOCK], bbase[BLOCK], bnan[BLOCK];
+    float* const g = F->g_aos;
+    T* const planes[3] = {NULL, NULL, NULL}; /* (m_scatter_block prefetches the records instead) */
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 acc[4] = {zero, zero, zero, zero};
+    int64_t cur = -1;
+    double gds = 0;
+    for (int64_t i0 = 0; i0 < m; i0 += BLOCK) {
+        const int64_t nb = FN(m_scatter_block)(F, s, d, wr, i0, m, 1, 1, planes, planes, 3, cur, o, bi, bbase, bcw, bnan);
+        for (int64_t k = 0; k < nb; ++k) {
+            const int64_t i = bi[k], b = bbase[k];
+            const T wi = wr[i];
+            const T gz = sa[i] * F->step * sg[i];
+            gds += (double)gz * (double)rr[i];
+            if (bnan[k]) continue;
+            if (b != cur) {
+                if (cur >= 0)
+                    for (int q = 0; q < 4; ++q) {
+                        float* r = g + 4 * (cur + o[2 * q]);
+                        _mm256_storeu_ps(r, _mm256_add_ps(_mm256_loadu_ps(r), acc[q]));
+                    }
+                for (int q = 0; q < 4; ++q) acc[q] = zero;
+                cur = b;
+            }
+            float gv[4] = {gz * F->scale, 0, 0, 0}; /* the sample's gradients: density, features */
+            if (wi >= F->thr) {
+                const T* f = fsr + i * 3;
+                for (int c = 0; c < 3; ++c) {
+                    T gf = wi * grgb[c];
+                    if (F->tanh_act) gf *= 1 - f[c] * f[c];
+                    gv[1 + c] = gf;
+                }
+            }
+            const __m128 g4 = _mm_loadu_ps(gv);
+            const __m256 gg = _mm256_set_m128(g4, g4);
+            for (int q = 0; q < 4; ++q)
+                acc[q] = _mm256_fmadd_ps(_mm256_set_m128(_mm_set1_ps(bcw[k][2 * q + 1]), _mm_set1_ps(bcw[k][2 * q])),
+                                         gg, acc[q]);
+        }
+    }
+    if (cur >= 0)
+        for (int q = 0; q < 4; ++q) {
+            float* r = g + 4 * (cur + o[2 * q]);
+            _mm256_storeu_ps(r, _mm256_add_ps(_mm256_loadu_ps(r), acc[q]));
+        }
     return gds;
 }
 #endif
@@ -705,6 +913,10 @@ static void FN(bwd_range)(const FN(field_t)* F, const FN(rays_t)* Rs, int64_t j0
         /* scatter, in order: density (every sample with w != 0), features (w >= thr); a block of samples' cells
            and weights at once (vectorised) */
 #if FAST_FLOAT && defined(__AVX2__) && defined(__FMA__)
+        if (F->g_aos && dens && feat) { /* into node records */
+            g_dscale[j] = FN(m_scatter_aos)(F, s, d, m, wr, rr, sa, sg, fs + off * C, grgb) * (double)F->scale;
+            continue;
+        }
         if (C <= 4) { /* the cell sums in registers */
             const T* fsr = fs + off * C;
             double gds;

@@ -167,9 +167,11 @@ def test_density_cut_gives_each_backward_thread_half_the_work() -> None:
 @pytest.mark.parametrize("state", ["random", "ball+grid"])
 def test_two_backward_threads_give_the_one_thread_gradients(state: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """With two threads the density path is split between them at _density_cut (each thread its own density
-    gradient): the same gradients as one thread, to float rounding."""
+    gradient): the same gradients as one thread, to float rounding. (The planes' backward: with node records each
+    thread takes both parts of its rays, tests/engine/test_records.py.)"""
     import sjc_engine.march as march
 
+    monkeypatch.setattr("sjc_engine.records.ENABLED", False)
     f = _field(state.split("+")[0], "tanh", torch.float32)
     if state.endswith("grid"):
         f.refresh_occupancy(0.5 * f.voxel_size)
