@@ -357,5 +357,5 @@ def render_hit_rays(
     feat, depth, opacity, w, stats, empty = _FusedRender.apply(
         field.density, field.features, field.d_scale, bg.contiguous(), rays, cfg, field.occupancy_grid, box)
     looked, shaded = stats.sum(0).tolist()
-    records.note_lookups(field, looked, rays.kept)
+    records.note_shaded(field, shaded, rays.kept)
     return feat, depth, opacity, w, empty if empty_scale > 0 else None, int(looked), int(shaded)

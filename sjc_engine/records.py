@@ -10,7 +10,7 @@ from the planes, in the same order: the same bits.
 
 Records are used for float32 fields of 3 channels (the embedded model's) where the kernels were built with
 AVX2 and FMA (:func:`records_supported`) and a render looks up enough samples to pay for the copies
-(:func:`records_box`: a random field's first steps, not a converged object's); only the nodes a render can read
+(:func:`records_box`: a random field's steps, not a converged object's); only the nodes a render can read
 are copied. The buffers are kept between steps (:class:`_Pool`): a gradient buffer is handed back zeroed by
 :func:`unpack`, so its next backward clears nothing.
 """
@@ -27,14 +27,15 @@ from torch import Tensor
 from sjc_engine.field import VoxelField
 from sjc_engine.native import native_lib, pointer_array
 
-__all__ = ["ENABLED", "gradients_pay", "note_lookups", "pack", "records_box", "records_supported", "release", "take_gradients", "unpack"]
+__all__ = ["ENABLED", "gradients_pay", "note_shaded", "pack", "records_box", "records_supported", "release", "take_gradients", "unpack"]
 
 ENABLED = True  # False: the planes, always (tests compare both)
-_SHARE: weakref.WeakKeyDictionary[VoxelField, float] = weakref.WeakKeyDictionary()  # see note_lookups
+_SHADED: weakref.WeakKeyDictionary[VoxelField, float] = weakref.WeakKeyDictionary()  # see note_shaded
 CHANNELS = 3  # feature channels of a record (4 floats: density, then the features)
-# lookups a render must expect per grid node for records to pay: packing and unpacking cost about as much as
-# 0.35 lookups a node save (64^3, 32 x 32 at one thread: 0.55 ms against 7 ns a lookup, both from cold caches)
-MIN_LOOKUPS_PER_NODE = 0.4
+# shaded samples a render must expect per grid node for records to pay: packing and unpacking cost about as much
+# as 0.35 shaded samples a node save (64^3, 32 x 32 at one thread: 0.55 ms against 7 ns a sample, both from cold
+# caches)
+MIN_SHADED_PER_NODE = 0.4
 
 
 def records_supported(channels: int, dtype: torch.dtype) -> bool:
@@ -44,47 +45,45 @@ def records_supported(channels: int, dtype: torch.dtype) -> bool:
 
 
 def records_box(field: VoxelField, kept: Tensor, saved: bool) -> Tensor | None:
-    """The nodes of ``field`` to pack where records pay for a render of ``kept`` (n,) samples a ray, else None:
-    records are supported (:func:`records_supported`) and the render can be expected to look up at least
-    :data:`MIN_LOOKUPS_PER_NODE` samples a node of the grid (``saved``, a render a backward follows; without one
-    a quarter of that: no gradients to unpack). The samples looked up are expected in the share of the last render's
-    (:func:`note_lookups`; the first render of a field: of the occupied coarse cells in the box the samples kept
-    span): a random field's every sample, a converged object's few (rays stop at its surface).
+    """The nodes of ``field`` to pack where records pay for a render of ``kept`` (n,) samples a ray, else None.
+
+    Records pay where they are supported (:func:`records_supported`) and the render can be expected to shade (look
+    up the features of) at least :data:`MIN_SHADED_PER_NODE` samples a node of the grid (``saved``, a render a
+    backward follows; without one a quarter of that: no gradients to unpack), as many as the share of the last
+    render's samples it shaded (:func:`note_shaded`; nothing known: the planes). A sample that is looked up but
+    not shaded reads only the density plane, a quarter of the records' bytes: a random field's every sample is
+    shaded (records pay), a converged object's few are (they do not).
 
     The nodes are (6,) int64 ``lo[3], hi[3]`` (inclusive node indices per axis): all of the grid, or with an
     occupancy grid those of its occupied coarse cells' bounding box (a looked-up sample lies in an occupied cell,
     whose corners are its nodes and the next ones)."""
     n, grid = field.grid_size, field.occupancy_grid
-    if not records_supported(field.channels, field.density.dtype):
+    share = _SHADED.get(field, 0.0)
+    need = MIN_SHADED_PER_NODE * n**3 * (1.0 if saved else 0.25)
+    if not records_supported(field.channels, field.density.dtype) or float(kept.sum()) * share < need:
         return None
-    box, share = torch.tensor([0, 0, 0, n - 1, n - 1, n - 1], dtype=torch.int64), 1.0
-    if grid is not None:
-        cells = grid.bits.cpu().nonzero()  # (k, 3) occupied coarse cells
-        if cells.numel() == 0:
-            return None
-        lo, hi = cells.amin(0), cells.amax(0)  # (3,) each
-        share = cells.shape[0] / float((hi - lo + 1).prod())
-        box = torch.cat([lo * grid.cell, ((hi + 1) * grid.cell).clamp(max=n - 1)])
-    share = _SHARE.get(field, share)
-    need = MIN_LOOKUPS_PER_NODE * n**3 * (1.0 if saved else 0.25)
-    return box if float(kept.sum()) * share >= need else None
+    if grid is None:
+        return torch.tensor([0, 0, 0, n - 1, n - 1, n - 1], dtype=torch.int64)
+    cells = grid.bits.cpu().nonzero()  # (k, 3) occupied coarse cells
+    if cells.numel() == 0:
+        return None
+    return torch.cat([cells.amin(0) * grid.cell, ((cells.amax(0) + 1) * grid.cell).clamp(max=n - 1)])
 
 
-def note_lookups(field: VoxelField, looked: int, kept: Tensor) -> None:
-    """Remember the share of a render's ``kept`` (n,) samples that ``field``'s render looked up (for
+def note_shaded(field: VoxelField, shaded: int, kept: Tensor) -> None:
+    """Remember the share of a render's ``kept`` (n,) samples that ``field``'s render shaded (for
     :func:`records_box`'s next guess)."""
     total = float(kept.sum())
     if total > 0:
-        _SHARE[field] = looked / total
+        _SHADED[field] = shaded / total
 
 
 def gradients_pay(n: int, stats: Tensor) -> bool:
-    """Whether a backward should scatter into gradient records (:func:`take_gradients`), given its forward's
-    ``stats`` (rays, 2): samples looked up and shaded a ray. A record takes a node's 4 gradients at once, but a
-    sample that is not shaded has only a density gradient, whose plane is a quarter of the records' bytes: they pay
-    where at least :data:`MIN_LOOKUPS_PER_NODE` samples a node are shaded (a random field's first steps; not a
-    render without skipping through empty space, whose samples carry weights too small to shade)."""
-    return float(stats[:, 1].sum()) >= MIN_LOOKUPS_PER_NODE * n**3
+    """Whether a backward should add its gradients into records (:func:`take_gradients`) rather than the planes,
+    given its forward's ``stats`` (rays, 2), samples looked up and shaded a ray: where at least
+    :data:`MIN_SHADED_PER_NODE` samples a node were shaded (a sample that was not has only a density gradient,
+    whose plane is a quarter of the records' bytes)."""
+    return float(stats[:, 1].sum()) >= MIN_SHADED_PER_NODE * n**3
 
 
 class _Pool:

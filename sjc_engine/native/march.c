@@ -130,7 +130,28 @@ void march_unpack(float* a, float* b, int64_t n, const int64_t* box, float* gd, 
                 memset(planes[c] + row + z1, 0, (size_t)(n - z1) * sizeof(float));
             }
             if (!in) continue;
-            for (int64_t i = row + z0; i < row + z1; ++i) {
+            int64_t i = row + z0;
+#if defined(__AVX__)
+            for (; i + 8 <= row + z1; i += 8) { /* 8 records: the 8 x 4 transpose of march_pack's, backwards */
+                __m256 r[4];
+                for (int q = 0; q < 4; ++q) {
+                    r[q] = _mm256_loadu_ps(a + 4 * i + 8 * q);
+                    if (b) r[q] = _mm256_add_ps(r[q], _mm256_loadu_ps(b + 4 * i + 8 * q));
+                }
+                /* r[0] = nodes 0, 1; r[1] = 2, 3; r[2] = 4, 5; r[3] = 6, 7 (4 channels each) */
+                const __m256 p0 = _mm256_permute2f128_ps(r[0], r[2], 0x20), p1 = _mm256_permute2f128_ps(r[0], r[2], 0x31);
+                const __m256 p2 = _mm256_permute2f128_ps(r[1], r[3], 0x20), p3 = _mm256_permute2f128_ps(r[1], r[3], 0x31);
+                /* p0 = nodes 0, 4; p1 = 1, 5; p2 = 2, 6; p3 = 3, 7 */
+                const __m256 t0 = _mm256_unpacklo_ps(p0, p1), t1 = _mm256_unpackhi_ps(p0, p1);
+                const __m256 t2 = _mm256_unpacklo_ps(p2, p3), t3 = _mm256_unpackhi_ps(p2, p3);
+                /* t0 = (c0: n0 n1, c1: n0 n1 | nodes 4, 5), t1 = the same of c2, c3; t2, t3 of nodes 2, 3 | 6, 7 */
+                _mm256_storeu_ps(planes[0] + i, _mm256_shuffle_ps(t0, t2, 0x44));
+                _mm256_storeu_ps(planes[1] + i, _mm256_shuffle_ps(t0, t2, 0xEE));
+                _mm256_storeu_ps(planes[2] + i, _mm256_shuffle_ps(t1, t3, 0x44));
+                _mm256_storeu_ps(planes[3] + i, _mm256_shuffle_ps(t1, t3, 0xEE));
+            }
+#endif
+            for (; i < row + z1; ++i) {
                 float r[4];
                 for (int c = 0; c < 4; ++c) r[c] = b ? a[4 * i + c] + b[4 * i + c] : a[4 * i + c];
                 for (int c = 0; c < 4; ++c) planes[c][i] = r[c];
@@ -218,15 +239,16 @@ static inline void m_flush8(float* g, const int64_t* o, __m256 acc) {
 /* Raw density and 3 raw features of a sample (cell base, weights w8) from node records (4 floats a node: density,
    features), v[0] the density, v[1 + c] feature c: one load per corner pair (z neighbours, adjacent records), and
    the same products summed in the same order as m_tri8 (density, m_hsum8's order) and m_features (features,
-   m_hsum8x4's), so the same bits as from the planes. No products are fused into the sums (the contraction off). */
-#pragma GCC push_options
-#pragma GCC optimize("fp-contract=off")
+   m_hsum8x4's), so the same bits as from the planes. An empty asm makes each product a value of its own, so no
+   product is fused into a sum (which would round differently). */
 static inline void m_lookup_aos(const float* aos, int64_t base, const float* w8, const int64_t* o, float* v) {
     const float* a = aos + 4 * base;
     __m256 p[4]; /* p[q]: corners 2q (low half) and 2q + 1 (high half), 4 channels each, times their weights */
-    for (int q = 0; q < 4; ++q)
+    for (int q = 0; q < 4; ++q) {
         p[q] = _mm256_mul_ps(_mm256_loadu_ps(a + 4 * o[2 * q]),
                              _mm256_set_m128(_mm_set1_ps(w8[2 * q + 1]), _mm_set1_ps(w8[2 * q])));
+        __asm__("" : "+x"(p[q]));
+    }
     /* m_hsum8's ((c0 + c4) + (c2 + c6)) + ((c1 + c5) + (c3 + c7)) */
     const __m256 dd = _mm256_add_ps(_mm256_add_ps(p[0], p[2]), _mm256_add_ps(p[1], p[3]));
     const __m128 d = _mm_add_ps(_mm256_castps256_ps128(dd), _mm256_extractf128_ps(dd, 1));
@@ -236,7 +258,6 @@ static inline void m_lookup_aos(const float* aos, int64_t base, const float* w8,
     const __m128 f = _mm_add_ps(_mm_add_ps(e[0], e[1]), _mm_add_ps(e[2], e[3]));
     _mm_storeu_ps(v, _mm_blend_ps(f, d, 1)); /* lane 0 from d */
 }
-#pragma GCC pop_options
 
 /* The sums of the lanes of a, b, c and d, as the 4 lanes of one vector. */
 static inline __m128 m_hsum8x4(__m256 a, __m256 b, __m256 c, __m256 d) {
@@ -821,16 +842,17 @@ static double FN(m_scatter_aos)(const FN(field_t)* F, const T* s, const T* d, in
                 for (int q = 0; q < 4; ++q) acc[q] = zero;
                 cur = b;
             }
-            float gv[4] = {gz * F->scale, 0, 0, 0}; /* the sample's gradients: density, features */
+            __m128 g4 = _mm_set_ss(gz * F->scale); /* the sample's gradients: density, features (0 unshaded); built
+                                                     in registers (a vector loaded from 4 stored floats stalls) */
             if (wi >= F->thr) {
                 const T* f = fsr + i * 3;
+                T gf[3];
                 for (int c = 0; c < 3; ++c) {
-                    T gf = wi * grgb[c];
-                    if (F->tanh_act) gf *= 1 - f[c] * f[c];
-                    gv[1 + c] = gf;
+                    gf[c] = wi * grgb[c];
+                    if (F->tanh_act) gf[c] *= 1 - f[c] * f[c];
                 }
+                g4 = _mm_set_ps(gf[2], gf[1], gf[0], gz * F->scale);
             }
-            const __m128 g4 = _mm_loadu_ps(gv);
             const __m256 gg = _mm256_set_m128(g4, g4);
             for (int q = 0; q < 4; ++q)
                 acc[q] = _mm256_fmadd_ps(_mm256_set_m128(_mm_set1_ps(bcw[k][2 * q + 1]), _mm_set1_ps(bcw[k][2 * q])),

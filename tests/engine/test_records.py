@@ -43,7 +43,7 @@ def _both(f: VoxelField, o: torch.Tensor, d: torch.Tensor, monkeypatch: pytest.M
     planes = _render(f, o, d)
     assert calls == {"pack": 0, "unpack": 0}
     monkeypatch.setattr(records, "ENABLED", True)
-    monkeypatch.setattr(records, "MIN_LOOKUPS_PER_NODE", 0.0)
+    monkeypatch.setattr(records, "MIN_SHADED_PER_NODE", 0.0)
     recs = _render(f, o, d)
     assert calls == {"pack": 1, "unpack": 1}
     return planes, recs
@@ -80,7 +80,7 @@ def test_two_threads_into_records_give_the_one_thread_gradients(state: str, monk
     if state.endswith("grid"):
         f.refresh_occupancy(0.5 * f.voxel_size)
     o, d = _rays()
-    monkeypatch.setattr(records, "MIN_LOOKUPS_PER_NODE", 0.0)
+    monkeypatch.setattr(records, "MIN_SHADED_PER_NODE", 0.0)
     cuts = []
     cut_of = march._ray_cut
     monkeypatch.setattr(march, "_ray_cut", lambda *a: cuts.append(cut_of(*a)) or cuts[-1])
@@ -114,8 +114,8 @@ def test_pack_and_unpack_over_a_box() -> None:
     n = 12
     gen = torch.Generator().manual_seed(0)
     dens, feats = torch.randn(1, n, n, n, generator=gen), torch.randn(3, n, n, n, generator=gen)
-    box = torch.tensor([2, 0, 5, 9, 11, 7])
-    sel = (slice(2, 10), slice(0, 12), slice(5, 8))
+    box = torch.tensor([2, 0, 1, 9, 11, 10])  # z runs of 10: 8 nodes at once, then 2 one by one
+    sel = (slice(2, 10), slice(0, 12), slice(1, 11))
     recs = records.pack(dens, feats, box).view(n, n, n, 4)
     assert torch.equal(recs[sel][..., 0], dens[0][sel])
     assert torch.equal(recs[sel][..., 1:].permute(3, 0, 1, 2), feats[(slice(None), *sel)])
@@ -139,7 +139,7 @@ def test_pack_and_unpack_over_a_box() -> None:
 def test_a_backward_leaves_its_gradient_records_zeroed(monkeypatch: pytest.MonkeyPatch) -> None:
     f = _field("random", "identity", torch.float32)
     o, d = _rays()
-    monkeypatch.setattr(records, "MIN_LOOKUPS_PER_NODE", 0.0)
+    monkeypatch.setattr(records, "MIN_SHADED_PER_NODE", 0.0)
     taken = []
     take = records.take_gradients
     monkeypatch.setattr(records, "take_gradients", lambda n: taken.append(take(n)) or taken[-1])
@@ -158,28 +158,31 @@ def test_a_backward_leaves_its_gradient_records_zeroed(monkeypatch: pytest.Monke
 
 
 def test_records_are_chosen_where_they_pay() -> None:
-    """A random field looks up every sample: records; a converged ball with a grid looks up few once its share
-    is known; a render nobody differentiates needs a quarter of the lookups."""
+    """Records where the last render's share of shaded samples promises enough of them (nothing known: the planes);
+    a render nobody differentiates needs a quarter as many; with an occupancy grid only its occupied cells' box."""
     n = 64
     f = VoxelField(n, 3)
-    with torch.no_grad():
-        f.density.normal_(generator=torch.Generator().manual_seed(0))
     kept = torch.full((1000,), 150)  # 150k samples: 0.57 a node
+    assert records.records_box(f, kept, True) is None  # a first render
+    records.note_shaded(f, 150_000, kept)  # a random field: every sample shaded
     assert records.records_box(f, kept, True).tolist() == [0, 0, 0, n - 1, n - 1, n - 1]
     assert records.records_box(f, kept[:500], True) is None  # 0.29 a node
     assert records.records_box(f, kept[:500], False) is not None  # no backward: 0.1 a node suffice
+    records.note_shaded(f, 20_000, kept)  # a converged object: most samples only looked up
+    assert records.records_box(f, kept, True) is None
+    assert not records.gradients_pay(n, torch.tensor([[150_000, 20_000]]))
+    assert records.gradients_pay(n, torch.tensor([[150_000, 110_000]]))
     with torch.no_grad():
         r = f.grid_points().norm(dim=-1)
         f.density[0] = torch.where(r < 0.5, 30.0, -10.0)
     f.refresh_occupancy(0.5 * f.voxel_size)
-    kept = torch.full((1000,), 300)
-    box = records.records_box(f, kept, True)  # the first guess: the occupied share of the box
-    cells = f.occupancy_grid.bits.nonzero()
-    cell = f.occupancy_grid.cell
-    assert box.tolist() == [*(cells.amin(0) * cell).tolist(), *((cells.amax(0) + 1) * cell).clamp(max=n - 1).tolist()]
-    records.note_lookups(f, 30_000, kept)  # rays stop at the surface: a tenth looked up
-    assert records.records_box(f, kept, True) is None
+    records.note_shaded(f, 150_000, kept)
+    box = records.records_box(f, kept, True)
+    cells, cell = f.occupancy_grid.bits.nonzero(), f.occupancy_grid.cell
+    lo, hi = cells.amin(0) * cell, ((cells.amax(0) + 1) * cell).clamp(max=n - 1)
+    assert box.tolist() == [*lo.tolist(), *hi.tolist()] and 0 < int(lo.min()) and int(hi.max()) < n - 1
     f.occupancy_grid.bits.zero_()
     assert records.records_box(f, kept, True) is None  # nothing occupied: nothing to look up
-    assert records.records_box(VoxelField(16, 4), kept, True) is None  # 4 channels: the planes
-    assert records.records_box(VoxelField(16, 3).double(), kept, True) is None  # float64: the planes
+    for other in (VoxelField(16, 4), VoxelField(16, 3).double()):  # 4 channels, float64: the planes
+        records.note_shaded(other, 150_000, kept)
+        assert records.records_box(other, kept, True) is None
