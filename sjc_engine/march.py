@@ -15,10 +15,15 @@ The backward recomputes the transmittance from the weights, walks each ray in re
 gradients and scatters straight into the grids' gradients (and ``d_scale``'s and the background's). Values and
 gradients are the torch path's to float rounding (``tests/engine/test_march.py``).
 
+Where a render shades enough samples (a random field's steps) the float32 3-channel field is read as node records
+and the gradients are added into records (:mod:`sjc_engine.records`: a node's density and features side by side,
+the same bits).
+
 With more than one thread two Python threads split the forward by rays; in the backward one thread takes the
 feature scatter of every ray and the density path of the first rays, the other the density path of the rest into
 a density gradient of its own (added to the first's afterwards), so no two threads write the same gradient and
-both get about half of the work (:func:`_density_cut`).
+both get about half of the work (:func:`_density_cut`); into records, each thread takes both parts of half the rays
+into records of its own (:func:`_ray_cut`).
 """
 
 from __future__ import annotations
