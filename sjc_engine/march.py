@@ -241,7 +241,8 @@ class _FusedRender(torch.autograd.Function):
             return None, None, None, g_bg, None, None, None, None
         fld, keep = _field_args(dtype, ctx.scale, cfg)
         rs = rays.struct()
-        # the gradient grids are zeroed by the job that scatters into them (with two threads, on both at once)
+        # the gradient grids are zeroed by the job that scatters into them (with two threads, on both at once), or
+        # written whole by the records' unpack
         g_dens = torch.empty(1, N, N, N, dtype=dtype) if need_d else None
         g_fts = torch.empty(C, N, N, N, dtype=dtype) if need_f else None
         g_ds = torch.zeros(n, dtype=torch.float64)  # (n,) d_scale's gradient per ray
@@ -302,29 +303,31 @@ class _FusedRender(torch.autograd.Function):
         return g_density, g_fts, g_dscale, g_bg, None, None, None, None
 
 
+def _walk_costs(stats: Tensor, order: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Each ray's backward cost in the density part and in the feature part, (n,) each in walk order
+    (:data:`DENSITY_COST`, :data:`FEATURE_COST` per sample of the forward's ``stats`` (n, 2), samples looked up and
+    shaded; ``order``: the walk order, :meth:`HitRays.sort`, or None)."""
+    looked, shaded = stats.double().unbind(1)  # (n,) each
+    dens = DENSITY_COST[0] * looked + DENSITY_COST[1] * shaded
+    feats = FEATURE_COST[0] * looked + FEATURE_COST[1] * shaded
+    return (dens, feats) if order is None else (dens[order], feats[order])
+
+
 def _ray_cut(stats: Tensor, order: Tensor | None) -> int:
     """Where the backward's two threads split the rays when each takes both parts of its rays (into gradient records
-    of its own): walk positions [0, cut) and [cut, n) cost about the same (:data:`DENSITY_COST`,
-    :data:`FEATURE_COST`; ``stats`` and ``order`` as :func:`_density_cut`'s)."""
-    looked, shaded = stats.double().unbind(1)  # (n,) each
-    cost = (DENSITY_COST[0] + FEATURE_COST[0]) * looked + (DENSITY_COST[1] + FEATURE_COST[1]) * shaded
-    if order is not None:
-        cost = cost[order]  # (n,) in walk order
+    of its own): walk positions [0, cut) and [cut, n) cost about the same (:func:`_walk_costs`)."""
+    dens, feats = _walk_costs(stats, order)
+    cost = dens + feats  # (n,)
     return int((cost.cumsum(0) < float(cost.sum()) / 2).sum())
 
 
 def _density_cut(stats: Tensor, order: Tensor | None) -> int:
     """Where the backward's two threads split the density part: the first thread takes the feature part of every ray
     and the density part of walk positions [0, cut), the second the density part of [cut, n), so both get about
-    half of the work (:data:`DENSITY_COST`, :data:`FEATURE_COST` per ray from the forward's ``stats`` (n, 2),
-    samples looked up and shaded; ``order``: the walk order, :meth:`HitRays.sort`). The density part was three to
-    four times the feature part (a default embedded run: 5.3 against 1.3 ms a step), so with a part each the
-    feature thread waited for most of the backward."""
-    looked, shaded = stats.double().unbind(1)  # (n,) each
-    dens = DENSITY_COST[0] * looked + DENSITY_COST[1] * shaded
-    feats = FEATURE_COST[0] * looked + FEATURE_COST[1] * shaded
-    if order is not None:
-        dens = dens[order]  # (n,) in walk order
+    half of the work (:func:`_walk_costs`). The density part was three to four times the feature part (a default
+    embedded run: 5.3 against 1.3 ms a step), so with a part each the feature thread waited for most of the
+    backward."""
+    dens, feats = _walk_costs(stats, order)
     half = float(dens.sum() + feats.sum()) / 2
     suffix = dens.flip(0).cumsum(0).flip(0)  # (n,) density cost of walk positions [jj, n), non-increasing
     return int((suffix > half).sum())  # positions [cut, n) cost at most half
@@ -358,9 +361,10 @@ def render_hit_rays(
                     float(step), float(threshold), float(bg_depth), float(empty_scale), saved)
     if rays.order is None and rays.ray.shape[0] * rays.K >= SORT_MIN_SAMPLES:
         rays.sort()
-    box = records.records_box(field, rays.kept, cfg.saved)
+    samples = float(rays.kept.sum())
+    box = records.records_box(field, samples, cfg.saved)
     feat, depth, opacity, w, stats, empty = _FusedRender.apply(
         field.density, field.features, field.d_scale, bg.contiguous(), rays, cfg, field.occupancy_grid, box)
     looked, shaded = stats.sum(0).tolist()
-    records.note_shaded(field, shaded, rays.kept)
+    records.note_shaded(field, shaded, samples)
     return feat, depth, opacity, w, empty if empty_scale > 0 else None, int(looked), int(shaded)

@@ -5,7 +5,8 @@ Stored as planes (density (1, N, N, N), features (C, N, N, N)), a trilinear look
 records of 4 floats a node (density, then the features), the 8 corners are 4 loads of 32 bytes (a corner and its
 z neighbour), and a cell's gradients 4 adds of 32 bytes. :func:`pack` copies the planes into records before a
 forward, :func:`unpack` the records' gradients into planes after a backward; on a 64^3 field with a random
-density the step is a sixth faster with them than without (``bench/bench_render.py``). The sums are the same as
+density the step is 10-15 % faster with them than without (``bench/bench_render.py``: 6.6-6.7x the reference
+algorithm against 5.7-6.1x, runs in turn). The sums are the same as
 from the planes, in the same order: the same bits.
 
 Records are used for float32 fields of 3 channels (the embedded model's) where the kernels were built with
@@ -27,14 +28,15 @@ from torch import Tensor
 from sjc_engine.field import VoxelField
 from sjc_engine.native import native_lib, pointer_array
 
-__all__ = ["ENABLED", "gradients_pay", "note_shaded", "pack", "records_box", "records_supported", "release", "take_gradients", "unpack"]
+__all__ = ["ENABLED", "gradients_pay", "note_shaded", "pack", "records_box", "records_supported", "release",
+           "take_gradients", "unpack"]
 
 ENABLED = True  # False: the planes, always (tests compare both)
 _SHADED: weakref.WeakKeyDictionary[VoxelField, float] = weakref.WeakKeyDictionary()  # see note_shaded
 CHANNELS = 3  # feature channels of a record (4 floats: density, then the features)
 # shaded samples a render must expect per grid node for records to pay: packing and unpacking cost about as much
-# as 0.35 shaded samples a node save (64^3, 32 x 32 at one thread: 0.55 ms against 7 ns a sample, both from cold
-# caches)
+# as 0.3 shaded samples a node save (64^3, 32 x 32 at one thread: 0.55 ms against the forward's 7 ns a sample,
+# both from cold caches)
 MIN_SHADED_PER_NODE = 0.4
 
 
@@ -44,8 +46,9 @@ def records_supported(channels: int, dtype: torch.dtype) -> bool:
     return ENABLED and channels == CHANNELS and dtype == torch.float32 and lib is not None and bool(lib.march_aos())
 
 
-def records_box(field: VoxelField, kept: Tensor, saved: bool) -> Tensor | None:
-    """The nodes of ``field`` to pack where records pay for a render of ``kept`` (n,) samples a ray, else None.
+def records_box(field: VoxelField, samples: float, saved: bool) -> Tensor | None:
+    """The nodes of ``field`` to pack where records pay for a render of ``samples`` samples (the rays' kept ones),
+    else None.
 
     Records pay where they are supported (:func:`records_supported`) and the render can be expected to shade (look
     up the features of) at least :data:`MIN_SHADED_PER_NODE` samples a node of the grid (``saved``, a render a
@@ -60,7 +63,7 @@ def records_box(field: VoxelField, kept: Tensor, saved: bool) -> Tensor | None:
     n, grid = field.grid_size, field.occupancy_grid
     share = _SHADED.get(field, 0.0)
     need = MIN_SHADED_PER_NODE * n**3 * (1.0 if saved else 0.25)
-    if not records_supported(field.channels, field.density.dtype) or float(kept.sum()) * share < need:
+    if not records_supported(field.channels, field.density.dtype) or samples * share < need:
         return None
     if grid is None:
         return torch.tensor([0, 0, 0, n - 1, n - 1, n - 1], dtype=torch.int64)
@@ -70,12 +73,11 @@ def records_box(field: VoxelField, kept: Tensor, saved: bool) -> Tensor | None:
     return torch.cat([cells.amin(0) * grid.cell, ((cells.amax(0) + 1) * grid.cell).clamp(max=n - 1)])
 
 
-def note_shaded(field: VoxelField, shaded: int, kept: Tensor) -> None:
-    """Remember the share of a render's ``kept`` (n,) samples that ``field``'s render shaded (for
-    :func:`records_box`'s next guess)."""
-    total = float(kept.sum())
-    if total > 0:
-        _SHADED[field] = shaded / total
+def note_shaded(field: VoxelField, shaded: int, samples: float) -> None:
+    """Remember the share of a render's ``samples`` that ``field``'s render shaded (for :func:`records_box`'s next
+    guess)."""
+    if samples > 0:
+        _SHADED[field] = shaded / samples
 
 
 def gradients_pay(n: int, stats: Tensor) -> bool:

@@ -12,7 +12,7 @@ from sjc_engine.field import VoxelField
 from sjc_engine.march import fused_supported
 from sjc_engine.native import native_lib
 from sjc_engine.renderer import render_rays
-from tests.fixtures.render import PARAMS, param_inputs, render_with
+from tests.fixtures.render import PARAMS, param_inputs, render_with, torch_threads
 
 pytestmark = pytest.mark.skipif(native_lib() is None, reason="C kernels not built")
 
@@ -80,15 +80,11 @@ def test_fused_matches_the_torch_path(state: str, activation: str, dtype: torch.
         assert 0.05 < f.occupancy_grid.fraction < 0.8
     o, d = _rays(dtype=dtype)
     assert fused_supported(f, o)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         fused, g_fused = _render(f, o, d)
         _torch_path(monkeypatch)
         assert not fused_supported(f, o)
         ref, g_ref = _render(f, o, d)
-    finally:
-        torch.set_num_threads(old)
 
     assert fused.n_samples == ref.n_samples and fused.n_shaded == ref.n_shaded
     assert 0 < fused.n_shaded <= fused.n_samples
@@ -179,15 +175,11 @@ def test_two_backward_threads_give_the_one_thread_gradients(state: str, monkeypa
     cuts = []
     cut_of = march._density_cut
     monkeypatch.setattr(march, "_density_cut", lambda *a: cuts.append(cut_of(*a)) or cuts[-1])
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         _, one = _render(f, o, d)
-        assert cuts == []
-        torch.set_num_threads(2)
+    assert cuts == []
+    with torch_threads(2):
         out, two = _render(f, o, d)
-    finally:
-        torch.set_num_threads(old)
     assert len(cuts) == 1 and 0 <= cuts[0] < o.shape[0] - 2  # (every ray but the two misses hits the box)
     if state == "ball+grid":  # few shaded samples: the density path is shared (a random field shades all: none)
         assert cuts[0] > 0
@@ -239,15 +231,11 @@ def test_walking_rays_in_direction_order_changes_only_rounding(threads: int, mon
         real_sort(self)
         orders.append(self.order)
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         given, g_given = _render(f, o, d)
         monkeypatch.setattr(march, "SORT_MIN_SAMPLES", 0)
         monkeypatch.setattr(march.HitRays, "sort", spy)
         walked, g_walked = _render(f, o, d)
-    finally:
-        torch.set_num_threads(old)
     (order,) = orders
     n = order.numel()
     assert torch.equal(order.sort().values, torch.arange(n)) and not torch.equal(order, torch.arange(n))

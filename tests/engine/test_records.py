@@ -12,7 +12,7 @@ from sjc_engine import records
 from sjc_engine.field import VoxelField
 from sjc_engine.renderer import render_rays
 from tests.engine.test_march import _field, _rays
-from tests.fixtures.render import PARAMS
+from tests.fixtures.render import PARAMS, torch_threads
 
 pytestmark = pytest.mark.skipif(not records.records_supported(3, torch.float32),
                                 reason="records need the C kernels built with AVX2/FMA")
@@ -60,12 +60,8 @@ def test_records_give_the_planes_bits(state: str, activation: str, monkeypatch: 
         lo = f.occupancy_grid.bits.nonzero().amin(0)
         assert int(lo.min()) > 0  # a box smaller than the grid
     o, d = _rays()
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         (planes, g_planes), (recs, g_recs) = _both(f, o, d, monkeypatch)
-    finally:
-        torch.set_num_threads(old)
     assert int(planes[-1][1]) > 0
     for a, b in zip(planes + g_planes, recs + g_recs):
         assert torch.equal(a, b)
@@ -84,14 +80,10 @@ def test_two_threads_into_records_give_the_one_thread_gradients(state: str, monk
     cuts = []
     cut_of = march._ray_cut
     monkeypatch.setattr(march, "_ray_cut", lambda *a: cuts.append(cut_of(*a)) or cuts[-1])
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         one = _render(f, o, d)[1]
-        torch.set_num_threads(2)
+    with torch_threads(2):
         two = _render(f, o, d)[1]
-    finally:
-        torch.set_num_threads(old)
     assert len(cuts) == 1 and 0 < cuts[0] < o.shape[0] - 2
     for name, a, b in zip(PARAMS, two, one):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max())), name
@@ -143,18 +135,14 @@ def test_a_backward_leaves_its_gradient_records_zeroed(monkeypatch: pytest.Monke
     taken = []
     take = records.take_gradients
     monkeypatch.setattr(records, "take_gradients", lambda n: taken.append(take(n)) or taken[-1])
-    old = torch.get_num_threads()
-    try:
-        for threads in (1, 2):  # one buffer, then one a thread
-            torch.set_num_threads(threads)
+    for threads in (1, 2):  # one buffer, then one a thread
+        with torch_threads(threads):
             _render(f, o, d)
-            assert len(taken) == threads and not any(t.any() for t in taken)
-            assert {take(f.grid_size).data_ptr() for _ in taken} == {t.data_ptr() for t in taken}  # back in the pool
-            for t in taken:
-                records._POOL.give(t, zeroed=True)
-            taken.clear()
-    finally:
-        torch.set_num_threads(old)
+        assert len(taken) == threads and not any(t.any() for t in taken)
+        assert {take(f.grid_size).data_ptr() for _ in taken} == {t.data_ptr() for t in taken}  # back in the pool
+        for t in taken:
+            records._POOL.give(t, zeroed=True)
+        taken.clear()
 
 
 def test_records_are_chosen_where_they_pay() -> None:
@@ -162,27 +150,27 @@ def test_records_are_chosen_where_they_pay() -> None:
     a render nobody differentiates needs a quarter as many; with an occupancy grid only its occupied cells' box."""
     n = 64
     f = VoxelField(n, 3)
-    kept = torch.full((1000,), 150)  # 150k samples: 0.57 a node
-    assert records.records_box(f, kept, True) is None  # a first render
-    records.note_shaded(f, 150_000, kept)  # a random field: every sample shaded
-    assert records.records_box(f, kept, True).tolist() == [0, 0, 0, n - 1, n - 1, n - 1]
-    assert records.records_box(f, kept[:500], True) is None  # 0.29 a node
-    assert records.records_box(f, kept[:500], False) is not None  # no backward: 0.1 a node suffice
-    records.note_shaded(f, 20_000, kept)  # a converged object: most samples only looked up
-    assert records.records_box(f, kept, True) is None
+    samples = 150_000.0  # 0.57 a node
+    assert records.records_box(f, samples, True) is None  # a first render
+    records.note_shaded(f, 150_000, samples)  # a random field: every sample shaded
+    assert records.records_box(f, samples, True).tolist() == [0, 0, 0, n - 1, n - 1, n - 1]
+    assert records.records_box(f, samples / 2, True) is None  # 0.29 a node
+    assert records.records_box(f, samples / 2, False) is not None  # no backward: 0.1 a node suffice
+    records.note_shaded(f, 20_000, samples)  # a converged object: most samples only looked up
+    assert records.records_box(f, samples, True) is None
     assert not records.gradients_pay(n, torch.tensor([[150_000, 20_000]]))
     assert records.gradients_pay(n, torch.tensor([[150_000, 110_000]]))
     with torch.no_grad():
         r = f.grid_points().norm(dim=-1)
         f.density[0] = torch.where(r < 0.5, 30.0, -10.0)
     f.refresh_occupancy(0.5 * f.voxel_size)
-    records.note_shaded(f, 150_000, kept)
-    box = records.records_box(f, kept, True)
+    records.note_shaded(f, 150_000, samples)
+    box = records.records_box(f, samples, True)
     cells, cell = f.occupancy_grid.bits.nonzero(), f.occupancy_grid.cell
     lo, hi = cells.amin(0) * cell, ((cells.amax(0) + 1) * cell).clamp(max=n - 1)
     assert box.tolist() == [*lo.tolist(), *hi.tolist()] and 0 < int(lo.min()) and int(hi.max()) < n - 1
     f.occupancy_grid.bits.zero_()
-    assert records.records_box(f, kept, True) is None  # nothing occupied: nothing to look up
+    assert records.records_box(f, samples, True) is None  # nothing occupied: nothing to look up
     for other in (VoxelField(16, 4), VoxelField(16, 3).double()):  # 4 channels, float64: the planes
-        records.note_shaded(other, 150_000, kept)
-        assert records.records_box(other, kept, True) is None
+        records.note_shaded(other, 150_000, samples)
+        assert records.records_box(other, samples, True) is None
