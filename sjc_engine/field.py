@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sjc_engine.background import background_lookup
 from sjc_engine.occupancy import DEFAULT_SETTINGS, OccupancyGrid, OccupancySettings, SkipRule, cell_max
 from sjc_engine.trilinear import trilinear_rays
 
@@ -140,20 +141,9 @@ class VoxelField(nn.Module):
         """Background features (R, C) for unit ray directions ``dirs`` (R, 3).
 
         The texture is indexed by (polar angle from +y, azimuth around y): bilinear, wrapping around in
-        azimuth and clamped at the poles.
+        azimuth and clamped at the poles (:mod:`sjc_engine.background`).
         """
-        x, y, z = dirs.unbind(-1)
-        polar = torch.acos(y.clamp(-1.0, 1.0)) / math.pi  # (R,) in [0, 1]
-        azim = (torch.atan2(x, z) / (2 * math.pi)) % 1.0  # (R,) in [0, 1)
-        res = self.bg_res
-        tex = torch.cat([self.bg[:, :, -1:], self.bg, self.bg[:, :, :1]], dim=2)  # (C, res, res + 2) wrap
-        col = azim * res + 0.5  # texel centres of the padded texture at 1, ..., res
-        row = (polar * res - 0.5).clamp(0, res - 1)
-        gx = col / (res + 1) * 2 - 1
-        gy = row / max(res - 1, 1) * 2 - 1 if res > 1 else torch.zeros_like(row)
-        grid = torch.stack([gx, gy], dim=-1).view(1, 1, -1, 2)  # (1, 1, R, 2)
-        out = F.grid_sample(tex[None], grid, mode="bilinear", padding_mode="border", align_corners=True)
-        return self.activate_features(out.view(self.channels, -1).T)  # (R, C)
+        return background_lookup(self.bg, dirs, self.feature_activation == "tanh")
 
     @torch.no_grad()
     def fill_background(self, value: float) -> None:

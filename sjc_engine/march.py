@@ -163,7 +163,7 @@ def _field_args(
     if grids is not None:
         dens = grids[0].reshape(-1).contiguous()  # (N^3,)
         feats = grids[1].reshape(cfg.C, -1).contiguous()  # (C, N^3)
-        arr = pointer_array(list(feats))
+        arr = pointer_array(feats)
         density, planes = dens.data_ptr(), ctypes.cast(arr, ctypes.c_void_p)
         keep += [dens, feats, arr]
     if grid is not None:
@@ -246,7 +246,7 @@ class _FusedRender(torch.autograd.Function):
         g_dens = torch.empty(1, N, N, N, dtype=dtype) if need_d else None
         g_fts = torch.empty(C, N, N, N, dtype=dtype) if need_f else None
         g_ds = torch.zeros(n, dtype=torch.float64)  # (n,) d_scale's gradient per ray
-        fplanes = pointer_array(list(g_fts.view(C, -1))) if g_fts is not None else None
+        fplanes = pointer_array(g_fts) if g_fts is not None else None
         fn = kernel("march_bwd", dtype)
         ins = (bg.data_ptr(), cfg.bg_depth, w.data_ptr(), raw.data_ptr(), fs.data_ptr(),
                g_w.data_ptr() if g_w is not None else None, g_feat.data_ptr(), g_depth.data_ptr(), g_op.data_ptr(),

@@ -119,7 +119,7 @@ def pack(density: Tensor, features: Tensor, box: Tensor) -> Tensor:
     dens = density.reshape(-1).contiguous()  # (N^3,)
     feats = features.reshape(CHANNELS, -1).contiguous()  # (3, N^3)
     out = _POOL.take(4 * n**3, zeroed=False)
-    planes = pointer_array(list(feats))
+    planes = pointer_array(feats)
     native_lib().march_pack(dens.data_ptr(), ctypes.cast(planes, ctypes.c_void_p), n, box.data_ptr(), out.data_ptr())
     return out
 
@@ -139,7 +139,7 @@ def unpack(bufs: list[Tensor], n: int, box: Tensor, g_density: Tensor, g_feature
     into ``g_density`` (1, n, n, n) and ``g_features`` (3, n, n, n) (contiguous float32), zeros elsewhere (a
     backward scatters only into nodes of the box its forward read), zero the buffers there and hand them back to
     the pool."""
-    planes = pointer_array(list(g_features.view(CHANNELS, -1)))
+    planes = pointer_array(g_features)
     second = bufs[1].data_ptr() if len(bufs) > 1 else None
     native_lib().march_unpack(bufs[0].data_ptr(), second, n, box.data_ptr(), g_density.data_ptr(),
                               ctypes.cast(planes, ctypes.c_void_p))

@@ -1,9 +1,9 @@
 """Small C kernels for the CPU hot paths (the fused renderer, trilinear lookups along rays, volume compositing,
-the Adamax step, the smoothness loss), called via ``ctypes``.
+the Adamax step, the smoothness loss, the background lookup), called via ``ctypes``.
 
-The C sources (``march.c``, ``rays.c``, ``trilinear.c``, ``composite.c``, ``adamax.c``, ``smoothness.c``) ship
-with the package and are compiled on first use (see :mod:`sjc_engine.native.build`: ``$CC``,
-``$SJC_NATIVE_CACHE``, ``SJC_NATIVE=0``). Callers check :func:`native_supports` and fall back to their torch path
+The C sources (``march.c``, ``rays.c``, ``trilinear.c``, ``composite.c``, ``adamax.c``, ``smoothness.c``,
+``background.c``) ship with the package and are compiled on first use (see :mod:`sjc_engine.native.build`:
+``$CC``, ``$SJC_NATIVE_CACHE``, ``SJC_NATIVE=0``). Callers check :func:`native_supports` and fall back to their torch path
 where it is False::
 
     if native_supports(x, grid):
@@ -43,7 +43,8 @@ def kernel(name: str, dtype: torch.dtype) -> Any:
 
     Args:
         name: the kernel's name without its type suffix: ``march_fwd``, ``march_bwd``, ``march_order``,
-            ``ray_setup``, ``tri_fwd``, ``tri_bwd``, ``comp_fwd``, ``comp_bwd``, ``adamax``, ``smooth_fwd``.
+            ``ray_setup``, ``tri_fwd``, ``tri_bwd``, ``comp_fwd``, ``comp_bwd``, ``adamax``, ``smooth_fwd``,
+            ``bg_fwd``, ``bg_bwd``.
         dtype: torch.float32 or torch.float64.
     """
     lib = native_lib()
@@ -52,9 +53,16 @@ def kernel(name: str, dtype: torch.dtype) -> Any:
     return getattr(lib, f"{name}_{NATIVE_DTYPES[dtype][1]}")
 
 
-def pointer_array(tensors: list[Tensor]) -> Any:
-    """A C array of the data pointers of ``tensors`` (each contiguous), for a kernel's ``T* const*`` argument.
+def pointer_array(tensors: list[Tensor] | Tensor) -> Any:
+    """A C array of the data pointers of ``tensors`` (each contiguous), for a kernel's ``T* const*`` argument; a
+    contiguous tensor stands for its slices along the first dimension (its planes: pointers by arithmetic, no
+    slice tensors made).
 
     The tensors must stay alive while the array is used.
     """
+    if isinstance(tensors, Tensor):
+        if not tensors.is_contiguous():
+            raise ValueError("pointer_array: a tensor of planes must be contiguous")
+        base, size = tensors.data_ptr(), tensors[0].numel() * tensors.element_size() if len(tensors) else 0
+        return (ctypes.c_void_p * len(tensors))(*[base + i * size for i in range(len(tensors))])
     return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])

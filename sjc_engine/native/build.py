@@ -1,5 +1,5 @@
 """Build, cache and load the C kernels (``march.c``, ``rays.c``, ``trilinear.c``, ``composite.c``, ``adamax.c``,
-``smoothness.c`` beside this file) with ``ctypes``.
+``smoothness.c``, ``background.c`` beside this file) with ``ctypes``.
 
 The sources are compiled once with the system C compiler (``$CC``, default ``cc``) into one shared library,
 with AVX2/FMA code where the CPU has it (falling back to plain flags if that build fails), and cached in
@@ -27,10 +27,10 @@ from typing import Any
 import torch
 
 # in this folder, compiled together into one library
-SOURCES = ("trilinear.c", "composite.c", "adamax.c", "march.c", "rays.c", "smoothness.c")
+SOURCES = ("trilinear.c", "composite.c", "adamax.c", "march.c", "rays.c", "smoothness.c", "background.c")
 HEADERS = ("corner.h", "log1p.h")  # included by the sources: part of the cache key
 NATIVE_DTYPES = {torch.float32: ("float", "f32"), torch.float64: ("double", "f64")}  # dtype -> (C type, suffix)
-BASE_FLAGS = ["-O3", "-shared", "-fPIC"]
+BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-fno-math-errno"]  # no kernel reads errno: sqrt is one instruction
 _X86_V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}  # /proc/cpuinfo names
 SOURCE_DIR = Path(__file__).resolve().parent
 
@@ -72,7 +72,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"ray_setup_{suf}").restype = i64
         getattr(lib, f"smooth_fwd_{suf}").argtypes = [vp, i64, i64, i64, i64, vp]
         getattr(lib, f"smooth_fwd_{suf}").restype = ctypes.c_double
-        for name in ("tri_fwd", "tri_bwd", "comp_fwd", "comp_bwd", "adamax", "march_fwd"):
+        getattr(lib, f"bg_fwd_{suf}").argtypes = [vp, i64, vp, i64, i64, i64, vp]
+        getattr(lib, f"bg_bwd_{suf}").argtypes = [vp, i64, i64, i64, i64, vp, vp, vp]
+        for name in ("tri_fwd", "tri_bwd", "comp_fwd", "comp_bwd", "adamax", "march_fwd", "bg_fwd", "bg_bwd"):
             getattr(lib, f"{name}_{suf}").restype = None
     lib.adamax_hw_fma.argtypes, lib.adamax_hw_fma.restype = [], ctypes.c_int
     lib.march_max_channels.argtypes, lib.march_max_channels.restype = [], ctypes.c_int
@@ -119,6 +121,10 @@ def build_native() -> ctypes.CDLL | None:
 
 def native_lib() -> ctypes.CDLL | None:
     """The loaded C kernels, or None where they are off or could not be built (decided once per process)."""
+    try:
+        return _native_state["lib"]  # decided: no lock (a hot path asks on every render)
+    except KeyError:
+        pass
     with _native_lock:
         if "lib" not in _native_state:
             _native_state["lib"] = build_native()
