@@ -143,7 +143,9 @@ class VoxelField(nn.Module):
         The texture is indexed by (polar angle from +y, azimuth around y): bilinear, wrapping around in
         azimuth and clamped at the poles (:mod:`sjc_engine.background`).
         """
-        return background_lookup(self.bg, dirs, self.feature_activation == "tanh")
+        if type(self).activate_features is VoxelField.activate_features:  # the activation in the same pass
+            return background_lookup(self.bg, dirs, self.feature_activation == "tanh")
+        return self.activate_features(background_lookup(self.bg, dirs, False))  # a subclass's own activation
 
     @torch.no_grad()
     def fill_background(self, value: float) -> None:

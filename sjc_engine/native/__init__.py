@@ -3,8 +3,8 @@ the Adamax step, the smoothness loss, the background lookup), called via ``ctype
 
 The C sources (``march.c``, ``rays.c``, ``trilinear.c``, ``composite.c``, ``adamax.c``, ``smoothness.c``,
 ``background.c``) ship with the package and are compiled on first use (see :mod:`sjc_engine.native.build`:
-``$CC``, ``$SJC_NATIVE_CACHE``, ``SJC_NATIVE=0``). Callers check :func:`native_supports` and fall back to their torch path
-where it is False::
+``$CC``, ``$SJC_NATIVE_CACHE``, ``SJC_NATIVE=0``). Callers check :func:`native_supports` and fall back to their
+torch path where it is False::
 
     if native_supports(x, grid):
         kernel("tri_fwd", x.dtype)(..., pointer_array(planes), ...)

@@ -87,10 +87,13 @@ static inline void FN(bg_coords)(const T* dirs, int64_t nr, int64_t res, T* col,
 }
 
 /* The 4 texels (flat indices into a (res, res) plane) and bilinear weights of texture coordinates (col, row);
-   0 for NaN ones (then idx and wt are not set). A texel the point has no share of gets weight 0 (its index then
-   stays in the plane). */
+   0 for NaN ones (then texel 0 with weight 0, four times). A texel the point has no share of gets weight 0 (its
+   index then stays in the plane). */
 static inline int FN(bg_taps)(T col, T row, int64_t res, int64_t idx[4], T wt[4]) {
-    if (col != col || row != row) return 0;
+    if (col != col || row != row) {
+        for (int q = 0; q < 4; ++q) idx[q] = 0, wt[q] = 0;
+        return 0;
+    }
     const T x0 = FLOOR(col), y0 = FLOOR(row), fx = col - x0, fy = row - y0;
     const int64_t px0 = (int64_t)x0, py0 = (int64_t)y0;
     const int64_t px1 = px0 + 1 > res + 1 ? px0 : px0 + 1, py1 = py0 + 1 > res - 1 ? py0 : py0 + 1;
@@ -107,26 +110,31 @@ static inline int FN(bg_taps)(T col, T row, int64_t res, int64_t idx[4], T wt[4]
     return 1;
 }
 
+/* The taps of the nr (<= B_CHUNK) directions dirs (nr, 3): ok[k] 0 for a NaN direction, else its texels idx[k] and
+   weights wt[k] (bg_coords for all of them, then bg_taps for each). */
+static inline void FN(bg_chunk)(const T* dirs, int64_t nr, int64_t res, int32_t* ok, int64_t (*idx)[4], T (*wt)[4]) {
+    T col[B_CHUNK], row[B_CHUNK];
+    FN(bg_coords)(dirs, nr, res, col, row);
+    for (int64_t k = 0; k < nr; ++k) ok[k] = FN(bg_taps)(col[k], row[k], res, idx[k], wt[k]);
+}
+
 /* out (R, C): the background of directions dirs (R, 3) in the texture tex (C, res, res), through tanh where
    tanh_act is 1; NaN for a NaN direction. */
 void FN(bg_fwd)(const T* dirs, int64_t R, const T* tex, int64_t C, int64_t res, int64_t tanh_act, T* out) {
     const int64_t plane = res * res;
-    T col[B_CHUNK], row[B_CHUNK];
+    int32_t ok[B_CHUNK];
+    int64_t idx[B_CHUNK][4];
+    T wt[B_CHUNK][4];
     for (int64_t r0 = 0; r0 < R; r0 += B_CHUNK) {
         const int64_t nr = R - r0 < B_CHUNK ? R - r0 : B_CHUNK;
-        FN(bg_coords)(dirs + 3 * r0, nr, res, col, row);
+        FN(bg_chunk)(dirs + 3 * r0, nr, res, ok, idx, wt);
         for (int64_t k = 0; k < nr; ++k) {
-            int64_t idx[4];
-            T wt[4];
             T* o = out + (r0 + k) * C;
-            if (!FN(bg_taps)(col[k], row[k], res, idx, wt)) {
-                for (int64_t c = 0; c < C; ++c) o[c] = (T)NAN;
-                continue;
-            }
             for (int64_t c = 0; c < C; ++c) {
                 const T* p = tex + c * plane;
-                const T v = (wt[0] * p[idx[0]] + wt[1] * p[idx[1]]) + (wt[2] * p[idx[2]] + wt[3] * p[idx[3]]);
-                o[c] = tanh_act ? TANH(v) : v;
+                const int64_t* i = idx[k];
+                const T v = (wt[k][0] * p[i[0]] + wt[k][1] * p[i[1]]) + (wt[k][2] * p[i[2]] + wt[k][3] * p[i[3]]);
+                o[c] = !ok[k] ? (T)NAN : (tanh_act ? TANH(v) : v);
             }
         }
     }
@@ -137,20 +145,19 @@ void FN(bg_fwd)(const T* dirs, int64_t R, const T* tex, int64_t C, int64_t res, 
 void FN(bg_bwd)(const T* dirs, int64_t R, int64_t C, int64_t res, int64_t tanh_act, const T* out, const T* g_out,
                 T* g_tex) {
     const int64_t plane = res * res;
-    T col[B_CHUNK], row[B_CHUNK];
+    int32_t ok[B_CHUNK];
+    int64_t idx[B_CHUNK][4];
+    T wt[B_CHUNK][4];
     for (int64_t r0 = 0; r0 < R; r0 += B_CHUNK) {
         const int64_t nr = R - r0 < B_CHUNK ? R - r0 : B_CHUNK;
-        FN(bg_coords)(dirs + 3 * r0, nr, res, col, row);
+        FN(bg_chunk)(dirs + 3 * r0, nr, res, ok, idx, wt);
         for (int64_t k = 0; k < nr; ++k) {
-            int64_t idx[4];
-            T wt[4];
-            if (!FN(bg_taps)(col[k], row[k], res, idx, wt)) continue;
             const int64_t r = r0 + k;
-            for (int64_t c = 0; c < C; ++c) {
+            for (int64_t c = 0; c < C && ok[k]; ++c) {
                 T g = g_out[r * C + c];
                 if (tanh_act) g *= 1 - out[r * C + c] * out[r * C + c];
                 T* p = g_tex + c * plane;
-                for (int q = 0; q < 4; ++q) p[idx[q]] += g * wt[q];
+                for (int q = 0; q < 4; ++q) p[idx[k][q]] += g * wt[k][q];
             }
         }
     }

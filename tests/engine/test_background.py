@@ -75,3 +75,18 @@ def test_falls_back_to_torch_where_the_kernels_cannot_take_it() -> None:
     assert g.shape == dirs.shape and g.abs().sum() > 0
     with pytest.raises(ValueError, match="dirs must be"):
         background_lookup(tex, dirs.detach()[:, :2], False)
+
+
+def test_a_field_subclass_activation_applies_to_its_background() -> None:
+    from sjc_engine.field import VoxelField
+
+    class Halved(VoxelField):
+        def activate_features(self, feats: torch.Tensor) -> torch.Tensor:
+            return feats * 0.5
+
+    torch.manual_seed(0)
+    plain = VoxelField(grid_size=4, channels=3)
+    halved = Halved(grid_size=4, channels=3)
+    halved.load_state_dict(plain.state_dict())
+    dirs = _dirs(40, torch.float32)
+    assert torch.allclose(halved.background(dirs), 0.5 * plain.background(dirs))
