@@ -32,7 +32,7 @@ class _NativeComposite(torch.autograd.Function):
         C = feats.shape[0]
         w, rgb = torch.empty_like(tau), tau.new_empty(n, C)  # (n, k), (n, C)
         opacity, depth = tau.new_empty(n), tau.new_empty(n)  # (n,) each
-        planes = pointer_array(list(feats))  # C planes (n, k)
+        planes = pointer_array(feats)  # C planes (n, k)
         fn = kernel("comp_fwd", tau.dtype)
         ptrs = (w.data_ptr(), rgb.data_ptr(), opacity.data_ptr(), depth.data_ptr())
         cuts = split_rays(n, k)
@@ -53,7 +53,7 @@ class _NativeComposite(torch.autograd.Function):
         g_depth = g_depth.contiguous() if g_depth is not None else tau.new_zeros(n)
         g_tau, g_feats = torch.empty_like(tau), torch.empty_like(feats)  # (n, k), (C, n, k)
         fn = kernel("comp_bwd", tau.dtype)
-        planes, g_planes = pointer_array(list(feats)), pointer_array(list(g_feats))
+        planes, g_planes = pointer_array(feats), pointer_array(g_feats)
         gw = g_w.data_ptr() if g_w is not None else None
         ins = (w.data_ptr(), gw, g_rgb.data_ptr(), g_op.data_ptr(), g_depth.data_ptr(), g_tau.data_ptr(), g_planes)
         cuts = split_rays(n, k)

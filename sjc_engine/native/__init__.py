@@ -63,6 +63,6 @@ def pointer_array(tensors: list[Tensor] | Tensor) -> Any:
     if isinstance(tensors, Tensor):
         if not tensors.is_contiguous():
             raise ValueError("pointer_array: a tensor of planes must be contiguous")
-        base, size = tensors.data_ptr(), tensors[0].numel() * tensors.element_size() if len(tensors) else 0
+        base, size = tensors.data_ptr(), tensors.stride(0) * tensors.element_size()
         return (ctypes.c_void_p * len(tensors))(*[base + i * size for i in range(len(tensors))])
     return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])

@@ -23,7 +23,8 @@
 #define B_CHUNK 256 /* rays whose angles are made in one (vectorised) loop */
 
 /* atan2(y, x) for float, branch-free (the compiler vectorises a loop of it): Cephes' atanf on min/max of |x|,
-   |y| (within 2e-7 rad), then the octant; atan2(0, 0) = 0. */
+   |y|, then the octant (within 3e-7 rad of the double atan2 on 2M random points, float rounding included);
+   atan2(0, 0) = 0. */
 static inline float b_atan2f(float y, float x) {
     const float ax = fabsf(x), ay = fabsf(y), mx = ax > ay ? ax : ay, mn = ax > ay ? ay : ax;
     const float t = mx > 0 ? mn / mx : 0; /* in [0, 1] */
@@ -87,8 +88,8 @@ static inline void FN(bg_coords)(const T* dirs, int64_t nr, int64_t res, T* col,
 }
 
 /* The 4 texels (flat indices into a (res, res) plane) and bilinear weights of texture coordinates (col, row);
-   0 for NaN ones (then texel 0 with weight 0, four times). A texel the point has no share of gets weight 0 (its
-   index then stays in the plane). */
+   0 for NaN ones (then texel 0 with weight 0, four times). On the last padded column or the last row the point's
+   fraction is 0, so the next column or row (clamped, to stay in the plane) gets weight 0. */
 static inline int FN(bg_taps)(T col, T row, int64_t res, int64_t idx[4], T wt[4]) {
     if (col != col || row != row) {
         for (int q = 0; q < 4; ++q) idx[q] = 0, wt[q] = 0;
@@ -104,9 +105,9 @@ static inline int FN(bg_taps)(T col, T row, int64_t res, int64_t idx[4], T wt[4]
     idx[2] = py1 * res + c0;
     idx[3] = py1 * res + c1;
     wt[0] = (1 - fx) * (1 - fy);
-    wt[1] = px1 == px0 ? 0 : fx * (1 - fy);
-    wt[2] = py1 == py0 ? 0 : (1 - fx) * fy;
-    wt[3] = px1 == px0 || py1 == py0 ? 0 : fx * fy;
+    wt[1] = fx * (1 - fy);
+    wt[2] = (1 - fx) * fy;
+    wt[3] = fx * fy;
     return 1;
 }
 
