@@ -12,7 +12,9 @@
    as ``mesh_formats`` chooses. A field with no surface at ``config.mesh_threshold`` skips the mesh with a
    warning; the other files are still written.
 
-The turntable renders on the calling thread, each frame encoded as soon as it is rendered; the mesh, then the
+A pixel field's renders and mesh show the same colours: its features averaged over the object's outer shell
+(:func:`~sjc_engine.export.colors.smoothed_features`), not the voxel-wide mottle the score leaves on them (the
+checkpoint keeps the features as optimised). The turntable renders on the calling thread, each frame encoded as soon as it is rendered; the mesh, then the
 thumbnail, are made meanwhile on one second thread (the files are the same as made one after the other).
 """
 
@@ -121,14 +123,16 @@ def export_asset(
     want_mesh = "mesh" in outputs and bool(mesh_formats)
     want_poster = bool({"video", "previews"} & set(outputs))
     mesh_job = poster_job = None
+    # a pixel field's colours, for the mesh and the renders alike: its features averaged over its outer shell
+    features = None if is_latent else smoothed_features(field, config.mesh_threshold)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sjc-export") if want_mesh or want_poster else None
     try:
         if want_mesh:
-            mesh_job = pool.submit(_export_mesh, field, config, out_dir, decode, is_latent, size, tuple(mesh_formats))
+            mesh_job = pool.submit(_export_mesh, field, config, out_dir, decode, features, size, tuple(mesh_formats))
         if want_poster or "video" in outputs:
             # the renders without marching through empty space: cropped to the object (half the mesh threshold,
-            # 3 voxels around it); faint haze and specks far from the object are left out
-            view = crop_to_content(field, min_density=0.5 * config.mesh_threshold, margin=3)
+            # 3 voxels around it); faint haze and specks far from the object are left out; the mesh's colours
+            view = crop_to_content(field, min_density=0.5 * config.mesh_threshold, margin=3, features=features)
         if want_poster:
             poster_job = pool.submit(
                 write_thumbnail, view, decode, config, size, out_dir / "thumbnail.png", out_height=config.display_size
@@ -164,15 +168,15 @@ def export_asset(
 
 @torch.no_grad()
 def _export_mesh(
-    field: VoxelField, config: SJCConfig, out_dir: Path, decode: Decode, is_latent: bool, size: int,
+    field: VoxelField, config: SJCConfig, out_dir: Path, decode: Decode, features: Tensor | None, size: int,
     mesh_formats: tuple[str, ...],
 ) -> tuple[dict[str, Path], str | None]:
     """Step 3 of :func:`export_asset`: surface, colours, texture, files; ``(files, None)``, or ``({}, warning)``
-    for a field with no surface."""
+    for a field with no surface. ``features``: a pixel field's smoothed features (vertex and texture colours come
+    from them), None for a latent field (colours from decoded views)."""
     from sjc_engine.export.mesh import EmptyMeshError, extract_mesh, save_mesh
 
-    # a pixel field's colours, for the vertices and the texture alike: its features averaged over its outer shell
-    features = None if is_latent else smoothed_features(field, config.mesh_threshold)
+    is_latent = features is None
     try:
         mesh = extract_mesh(
             field, config.mesh_threshold, decode, is_latent, target_faces=config.target_faces, size=size,
