@@ -151,6 +151,20 @@ def _component_kwargs(folder: Path, root: Path, dtype: torch.dtype) -> dict[str,
 
 
 def _load_folder(folder: Path, device: torch.device | str, dtype: torch.dtype) -> DiffusersDenoiser:
+    den = _load_components(folder, device, dtype)
+    meta_path = folder / "sjc_model.json"
+    if meta_path.is_file():  # a guidance-distilled UNet: the scales it was distilled for
+        gd = _read_json(meta_path, folder).get("guidance_embedding")
+        if gd is not None:
+            try:
+                den.set_guidance_range(*(float(v) for v in gd["w_range"]))
+            except (KeyError, TypeError, ValueError) as e:
+                raise ModelLoadError(meta_path, "guidance_embedding needs a w_range [low, high] and a UNet with "
+                                     "time_cond_proj_dim", root=folder, detail=str(e)) from e
+    return den
+
+
+def _load_components(folder: Path, device: torch.device | str, dtype: torch.dtype) -> DiffusersDenoiser:
     unet_dir = folder / "unet" if (folder / "unet").is_dir() else folder
     unet_cfg = _read_json(unet_dir / "config.json", folder)
     class_name = unet_cfg.get("_class_name", "UNet2DConditionModel")
