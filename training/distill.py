@@ -1,17 +1,18 @@
 """Distil classifier-free guidance into the embedded model: one UNet call gives the guided prediction.
 
     OMP_NUM_THREADS=2 python -m training.distill --teacher sjc_engine/models/embedded --out .sjc/embedded_gd \\
-        --state .sjc/embedded_gd_train/state.pt --log .sjc/embedded_gd_train/train.log --steps 4000
+        --state .sjc/embedded_gd_train/state.pt --log .sjc/embedded_gd_train/train.log --steps 3000 --scale 5
 
-The student is the teacher's UNet with a guidance-scale embedding added to its time embedding (diffusers'
-``time_cond_proj_dim``, as in latent consistency models; :func:`sjc_engine.denoisers.guidance.guidance_embedding`),
-initialised from the teacher with that projection at zero (so it starts as the teacher's conditional branch), and
-trained to give ``eps_u + w (eps_c - eps_u)`` of the teacher at the same noisy input for ``w`` drawn uniformly
-from ``--w-range`` (Meng et al., "On distillation of guided diffusion models", CVPR 2023, stage one). Inputs are
-the training renders (random backgrounds as in the shipped model's second stage), noised at ticks drawn mostly
-from the sigmas SJC runs use (``--sigma-range``). The text encoder and tokenizer are the teacher's, unchanged.
-Resumable like :mod:`training.train` (``--state``); the EMA student is written to ``--out`` every
-``--save-every`` steps with the teacher's ``sjc_model.json`` plus ``"guidance_embedding"``.
+The student is the teacher's UNet, initialised from it and trained to give, for a prompt, the teacher's guided
+prediction ``eps_u + s (eps_c - eps_u)`` at the same noisy input for one scale ``s`` (``--scale``; Meng et al.,
+"On distillation of guided diffusion models", CVPR 2023, stage one, without the scale as an input), and for the
+empty prompt (``--cfg-drop`` of the captions) the teacher's unconditional ``eps_u``. So one call gives scale ``s``,
+and any other scale ``w`` is ``eps_u + (w / s) (eps_s - eps_u)`` from the student's two branches
+(:mod:`sjc_engine.denoisers.diffusers_denoiser`). Inputs are the training renders (random backgrounds as in the
+shipped model's second stage), noised at ticks drawn mostly from the sigmas SJC runs use (``--sigma-range``). The
+text encoder and tokenizer are the teacher's, unchanged. Resumable like :mod:`training.train` (``--state``); the
+EMA student is written to ``--out`` every ``--save-every`` steps with the teacher's ``sjc_model.json`` plus
+``"guidance_distilled": {"scale": s}``.
 """
 
 from __future__ import annotations
@@ -29,15 +30,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DConditionModel
-
-from sjc_engine.denoisers.guidance import guidance_embedding
-
 from .dataset import ProceduralDataset
 from .model import encode_text, load_model
 from .train import _ema_update, _log, _save_state
-
-EMBED_DIM = 32
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,11 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-cache", type=Path, default=Path(".sjc/embedded_data"))
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--lr-final", type=float, default=2e-5)
+    p.add_argument("--lr", type=float, default=7e-4)
+    p.add_argument("--lr-final", type=float, default=5e-5)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--ema", type=float, default=0.995)
-    p.add_argument("--w-range", type=float, nargs=2, default=(1.0, 8.0))
+    p.add_argument("--scale", type=float, default=5.0, help="the guidance scale distilled (the model's default)")
     p.add_argument("--sigma-range", type=float, nargs=2, default=(0.04, 2.5), help="VE sigmas SJC scores at")
     p.add_argument("--in-range", type=float, default=0.8, help="share of ticks drawn within --sigma-range")
     p.add_argument("--cfg-drop", type=float, default=0.1, help="share of empty captions")
@@ -67,17 +62,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def student_from(teacher: UNet2DConditionModel, dim: int = EMBED_DIM) -> UNet2DConditionModel:
-    """The teacher's UNet with a ``dim``-wide guidance embedding, the teacher's weights, the projection at zero."""
-    cfg = {k: v for k, v in teacher.config.items() if not k.startswith("_")}
-    student = UNet2DConditionModel.from_config({**cfg, "time_cond_proj_dim": dim})
-    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
-    assert missing == ["time_embedding.cond_proj.weight"] and not unexpected, (missing, unexpected)
-    with torch.no_grad():
-        student.time_embedding.cond_proj.weight.zero_()
-    return student
-
-
 def distill(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,7 +71,7 @@ def distill(args: argparse.Namespace) -> int:
     teacher, text_encoder, tokenizer, scheduler = load_model(args.teacher)
     teacher.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
-    student = student_from(teacher)
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
     ema = copy.deepcopy(student).eval()
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
@@ -122,7 +106,7 @@ def distill(args: argparse.Namespace) -> int:
             else:
                 shutil.copy2(src, dst)
         meta = json.loads((args.teacher / "sjc_model.json").read_text())
-        meta["guidance_embedding"] = {"dim": EMBED_DIM, "w_range": list(args.w_range), "distilled_steps": step}
+        meta["guidance_distilled"] = {"scale": args.scale, "steps": step}
         (args.out / "sjc_model.json").write_text(json.dumps(meta, indent=2) + "\n")
         _save_state(args.state, {"step": step, "student": student.state_dict(), "ema": ema.state_dict(),
                                  "opt": opt.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
@@ -143,15 +127,13 @@ def distill(args: argparse.Namespace) -> int:
         anywhere = torch.randint(T, (B,), generator=gen)
         t = torch.where(torch.rand(B, generator=gen) < args.in_range, pick, anywhere)  # (B,)
         noisy = scheduler.add_noise(images, torch.randn(images.shape, generator=gen), t)
-        lo, hi = args.w_range
-        w = lo + (hi - lo) * torch.rand(B, generator=gen)  # (B,)
         with torch.no_grad():
             cond = encode_text(tokenizer, text_encoder, captions)  # (B, L, D)
             uncond = encode_text(tokenizer, text_encoder, [""]).expand_as(cond)
             out = teacher(torch.cat([noisy, noisy]), torch.cat([t, t]), torch.cat([uncond, cond])).sample
             eps_u, eps_c = out.chunk(2)
-            target = eps_u + w.view(B, 1, 1, 1) * (eps_c - eps_u)  # (B, 3, 32, 32)
-        pred = student(noisy, t, cond, timestep_cond=guidance_embedding(w, EMBED_DIM)).sample
+            target = eps_u + args.scale * (eps_c - eps_u)  # (B, 3, 32, 32); eps_u itself for an empty caption
+        pred = student(noisy, t, cond).sample
         loss = F.mse_loss(pred, target)
         frac = (step - start) / max(1, args.steps - start)
         lr = args.lr_final + (args.lr - args.lr_final) * 0.5 * (1 + math.cos(math.pi * frac))

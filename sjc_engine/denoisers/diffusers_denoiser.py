@@ -10,10 +10,10 @@ One class covers three layouts (see :func:`sjc_engine.denoisers.loader.load_deno
 - pixel, unconditional: ``UNet2DModel`` (DDPM), images in [-1, 1].
 
 Every UNet is an epsilon (or v / sample) predictor of a VP schedule; :mod:`sjc_engine.denoisers.vpve` turns it
-into ``D(x, sigma)``. Classifier-free guidance ``eps_u + s (eps_c - eps_u)`` batches both branches in one call;
-a guidance-distilled UNet (``time_cond_proj_dim`` in its config, :mod:`sjc_engine.denoisers.guidance`) gives the
-guided prediction in one call of one branch, told the scale (scales outside the range it was distilled on, from
-``sjc_model.json``'s ``guidance_embedding.w_range``, combine its two branches at scale 1 as above).
+into ``D(x, sigma)``. Classifier-free guidance ``eps_u + s (eps_c - eps_u)`` batches both branches in one call.
+A guidance-distilled UNet (``guidance_distilled`` in the model's ``sjc_model.json``, :mod:`training.distill`) gives
+the guided prediction at its scale ``s`` for a prompt in one call of one branch, and ``eps_u`` for the empty
+prompt; another scale ``w`` is ``eps_u + (w / s) (eps_s - eps_u)`` from its two branches.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import torch
 from torch import Tensor
 
 from sjc_engine.denoisers.base import Denoiser
-from sjc_engine.denoisers.guidance import guidance_embedding
 from sjc_engine.denoisers.vpve import (
     alphas_cumprod_float64, eps_to_denoised, nearest_tick, scale_input, sigmas_from_alphas_cumprod, v_to_eps,
 )
@@ -102,17 +101,9 @@ class DiffusersDenoiser(Denoiser):
         self.image_size = int(size if isinstance(size, int) else size[0])
         self.scaling_factor = float(vae.config.scaling_factor) if vae is not None else 1.0
         self._prompt_cache: dict[str, Tensor] = {}
-        #: (low, high): guidance scales the UNet takes as an embedding (a guidance-distilled UNet); None: none
-        self.guidance_range: tuple[float, float] | None = None
-
-    def set_guidance_range(self, low: float, high: float) -> None:
-        """Declare the UNet guidance-distilled for scales in ``[low, high]`` (the loader reads them from the
-        model's ``sjc_model.json``); its config must have ``time_cond_proj_dim``."""
-        if not getattr(self.unet.config, "time_cond_proj_dim", None):
-            raise ValueError("guidance_embedding needs a UNet with time_cond_proj_dim in its config")
-        if not 1.0 <= low <= high:
-            raise ValueError(f"guidance range must satisfy 1 <= low <= high, got {low}, {high}")
-        self.guidance_range = (float(low), float(high))
+        #: the guidance scale a guidance-distilled UNet's conditional branch gives (None: a plain UNet, scale 1);
+        #: the loader sets it from the model's ``sjc_model.json``
+        self.distilled_scale: float | None = None
 
     def _prepare(self, module: torch.nn.Module) -> torch.nn.Module:
         if any(p.dtype != self.dtype for p in module.parameters()):
@@ -155,16 +146,11 @@ class DiffusersDenoiser(Denoiser):
         return TextCond(cond=torch.cat([self._embed(p) for p in prompts]), uncond=self._embed(""))
 
     # -- denoising --------------------------------------------------------------------------------------------
-    def _unet(self, x_in: Tensor, t: int, context: Tensor | None, guidance_scale: float | None = None) -> Tensor:
-        """The UNet's prediction in float32 (B, C, H, W); ``x_in`` and ``context`` in the model's dtype.
-        ``guidance_scale``: the scale a guidance-distilled UNet is told (None: 1, the conditional prediction)."""
+    def _unet(self, x_in: Tensor, t: int, context: Tensor | None) -> Tensor:
+        """The UNet's prediction in float32 (B, C, H, W); ``x_in`` and ``context`` in the model's dtype."""
         ts = torch.full((x_in.shape[0],), t, device=self.device, dtype=torch.long)  # (B,)
         if context is None:
             out = self.unet(x_in, ts)
-        elif self.guidance_range is not None:
-            w = torch.full((x_in.shape[0],), 1.0 if guidance_scale is None else guidance_scale, device=self.device)
-            tc = guidance_embedding(w, int(self.unet.config.time_cond_proj_dim)).to(self.dtype)  # (B, dim)
-            out = self.unet(x_in, ts, context, timestep_cond=tc)
         else:
             out = self.unet(x_in, ts, encoder_hidden_states=context)
         if not isinstance(out, Tensor):  # diffusers' output object; the lean UNet returns the tensor itself
@@ -186,24 +172,11 @@ class DiffusersDenoiser(Denoiser):
         if cond is None:
             raise ValueError("this model is text-conditioned: pass cond=denoiser.encode_prompt(prompt)")
         batch = cond.batch(x_in.shape[0])  # (B, L, D) each
-        if guidance_scale == 1.0:
-            return self._unet(x_in, t, batch.cond)
         side_by_side = x_in.device.type == "cpu" and workers() > torch.get_num_threads()
-        lo_hi = self.guidance_range
-        if lo_hi is not None and lo_hi[0] <= guidance_scale <= lo_hi[1]:
-            # a guidance-distilled UNet: one branch, told the scale; on a CPU run with threads beyond torch's own
-            # the batch's halves side by side (each image's prediction depends on that image alone)
-            if not side_by_side or x_in.shape[0] < 2:
-                return self._unet(x_in, t, batch.cond, guidance_scale)
-            half = (x_in.shape[0] + 1) // 2
-            parts: dict[int, Tensor] = {}
-
-            def part(i: int, sl: slice) -> None:
-                with torch.no_grad():
-                    parts[i] = self._unet(x_in[sl], t, batch.cond[sl], guidance_scale)
-
-            run_jobs([partial(part, 0, slice(0, half)), partial(part, 1, slice(half, None))])
-            return torch.cat([parts[0], parts[1]])
+        branch_scale = self.distilled_scale or 1.0  # what the conditional branch gives
+        if guidance_scale == branch_scale:  # one branch; on a CPU run with threads beyond torch's own, its halves
+            return self._halves(x_in, t, batch.cond) if side_by_side else self._unet(x_in, t, batch.cond)
+        guidance_scale = guidance_scale / branch_scale  # eps_u + (w / s) (eps_s - eps_u)
         if side_by_side:
             # threads the run has beyond torch's own (a small model's, sjc_engine/threads.py): the two branches
             # side by side, each a batch of B (torch's kernels release the GIL)
@@ -219,6 +192,21 @@ class DiffusersDenoiser(Denoiser):
             out = self._unet(torch.cat([x_in, x_in]), t, torch.cat([batch.uncond, batch.cond]))  # (2B, C, H, W)
             out_u, out_c = out.chunk(2)
         return out_u + guidance_scale * (out_c - out_u)
+
+    def _halves(self, x_in: Tensor, t: int, context: Tensor) -> Tensor:
+        """The UNet's prediction with the batch's two halves on two threads (torch's kernels release the GIL;
+        each image's prediction depends on that image alone)."""
+        if x_in.shape[0] < 2:
+            return self._unet(x_in, t, context)
+        half = (x_in.shape[0] + 1) // 2
+        parts: dict[int, Tensor] = {}
+
+        def part(i: int, sl: slice) -> None:
+            with torch.no_grad():
+                parts[i] = self._unet(x_in[sl], t, context[sl])
+
+        run_jobs([partial(part, 0, slice(0, half)), partial(part, 1, slice(half, None))])
+        return torch.cat([parts[0], parts[1]])
 
     @torch.no_grad()
     def denoise(self, x: Tensor, sigma: float, cond: Any = None, guidance_scale: float = 1.0) -> Tensor:

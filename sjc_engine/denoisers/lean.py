@@ -9,9 +9,7 @@ for), the same operations in the same order (outputs equal diffusers' to float r
 
 - :class:`LeanUNet`: ``UNet2DConditionModel`` with ``DownBlock2D``/``CrossAttnDownBlock2D``,
   ``UNetMidBlock2DCrossAttn``, ``UpBlock2D``/``CrossAttnUpBlock2D``, positional time embedding, optional
-  ``addition_embed_type="text"`` (attention pooling of the prompt into the time embedding), optional
-  ``time_cond_proj_dim`` (a guidance-scale embedding added to the time embedding's input: a guidance-distilled
-  UNet, :mod:`sjc_engine.denoisers.guidance`);
+  ``addition_embed_type="text"`` (attention pooling of the prompt into the time embedding);
 - :class:`LeanCLIPText`: transformers' ``CLIPTextModel`` (causal encoder, ``quick_gelu`` or ``gelu``), the last
   hidden state only;
 - :class:`LeanTokenizer`: a ``tokenizer.json`` (Rust ``tokenizers``) padded and truncated as transformers' fast
@@ -53,7 +51,7 @@ _UNET_FIXED: dict[str, Any] = {
     "encoder_hid_dim_type": None, "mid_block_only_cross_attention": None, "mid_block_scale_factor": 1,
     "mid_block_type": "UNetMidBlock2DCrossAttn", "num_class_embeds": None, "only_cross_attention": False,
     "projection_class_embeddings_input_dim": None, "resnet_out_scale_factor": 1.0, "resnet_skip_time_act": False,
-    "resnet_time_scale_shift": "default", "reverse_transformer_layers_per_block": None,
+    "resnet_time_scale_shift": "default", "reverse_transformer_layers_per_block": None, "time_cond_proj_dim": None,
     "time_embedding_act_fn": None, "time_embedding_dim": None, "time_embedding_type": "positional",
     "timestep_post_act": None, "upcast_attention": False, "use_linear_projection": False,
 }
@@ -62,7 +60,7 @@ _UNET_FREE = {
     "in_channels", "out_channels", "block_out_channels", "layers_per_block", "cross_attention_dim",
     "attention_head_dim", "num_attention_heads", "norm_num_groups", "norm_eps", "sample_size", "down_block_types",
     "up_block_types", "addition_embed_type", "addition_embed_type_num_heads", "transformer_layers_per_block",
-    "flip_sin_to_cos", "freq_shift", "dropout", "time_cond_proj_dim",
+    "flip_sin_to_cos", "freq_shift", "dropout",
 }
 log = logging.getLogger(__name__)
 _DOWN = ("DownBlock2D", "CrossAttnDownBlock2D")
@@ -468,8 +466,6 @@ class LeanUNet(nn.Module):
         self.time_embedding = nn.Module()
         self.time_embedding.linear_1 = nn.Linear(chans[0], temb)
         self.time_embedding.linear_2 = nn.Linear(temb, temb)
-        if c.get("time_cond_proj_dim"):  # diffusers' TimestepEmbedding.cond_proj
-            self.time_embedding.cond_proj = nn.Linear(int(c["time_cond_proj_dim"]), chans[0], bias=False)
         self.add_embedding: nn.Module | None = None
         if c.get("addition_embed_type") == "text":
             self.add_embedding = nn.Module()
@@ -567,8 +563,7 @@ class LeanUNet(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     # -- forward ------------------------------------------------------------------------------------------------
-    def _time(self, timestep: Tensor | float | int, batch: int, dtype: torch.dtype, device: torch.device,
-              timestep_cond: Tensor | None = None) -> Tensor:
+    def _time(self, timestep: Tensor | float | int, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         t = timestep if torch.is_tensor(timestep) else torch.tensor([timestep], device=device)
         t = t.reshape(-1).to(device).expand(batch) if t.numel() in (1, batch) else t
         half = self.time_embedding.linear_1.in_features // 2
@@ -578,34 +573,27 @@ class LeanUNet(nn.Module):
         if self.flip_sin_to_cos:
             emb = torch.cat([emb[:, half:], emb[:, :half]], dim=-1)
         te = self.time_embedding
-        emb = emb.to(dtype)
-        if timestep_cond is not None and hasattr(te, "cond_proj"):  # (B, time_cond_proj_dim)
-            emb = emb + te.cond_proj(timestep_cond.to(dtype))
-        return te.linear_2(F.silu(te.linear_1(emb)))
+        return te.linear_2(F.silu(te.linear_1(emb.to(dtype))))
 
-    def forward(self, sample: Tensor, timestep: Tensor | float | int, encoder_hidden_states: Tensor,
-                timestep_cond: Tensor | None = None) -> Tensor:
+    def forward(self, sample: Tensor, timestep: Tensor | float | int, encoder_hidden_states: Tensor) -> Tensor:
         aug, kvs = self.context_cache(encoder_hidden_states)
-        if timestep_cond is not None and not hasattr(self.time_embedding, "cond_proj"):
-            timestep_cond = None  # as diffusers: a UNet without time_cond_proj_dim ignores it
         if self.trace and torch.is_tensor(timestep) and not torch.is_grad_enabled():
             sig = (sample.shape, sample.dtype, sample.device, timestep.shape, timestep.dtype,
-                   encoder_hidden_states.shape, encoder_hidden_states.dtype,
-                   None if timestep_cond is None else (timestep_cond.shape, timestep_cond.dtype))
+                   encoder_hidden_states.shape, encoder_hidden_states.dtype)
             with self._lock:  # one trace per shape, also with two threads calling
                 traced = self._traces.get(sig)
                 if traced is None:
                     self._calls[sig] = n = self._calls.get(sig, 0) + 1
                     if n >= self.TRACE_AFTER and len(self._traces) < self.MAX_TRACES:
                         traced = self._traces[sig] = self._build_trace(sample, timestep, encoder_hidden_states, aug,
-                                                                       kvs, timestep_cond)
+                                                                       kvs)
             if traced:
                 with torch.jit.optimized_execution(False):  # this thread's calls: no profiling runs (_build_trace)
-                    return traced(sample, timestep, encoder_hidden_states, *_flat(aug, kvs, timestep_cond))
-        return self.forward_cached(sample, timestep, encoder_hidden_states, aug, kvs, timestep_cond)
+                    return traced(sample, timestep, encoder_hidden_states, *_flat(aug, kvs))
+        return self.forward_cached(sample, timestep, encoder_hidden_states, aug, kvs)
 
     def _build_trace(self, sample: Tensor, timestep: Tensor, context: Tensor, aug: Tensor | None,
-                     kvs: list[list[tuple[Tensor, Tensor]]], timestep_cond: Tensor | None = None) -> Any:
+                     kvs: list[list[tuple[Tensor, Tensor]]]) -> Any:
         """:meth:`forward_cached` traced for these shapes (``torch.jit.trace``), or ``False`` when tracing fails
         (then the call stays eager).
 
@@ -617,8 +605,8 @@ class LeanUNet(nn.Module):
         them were no faster."""
         import warnings
 
-        body = _Traceable(self, [len(ab) for ab in kvs], aug is not None, timestep_cond is not None)
-        args = (sample, timestep, context, *_flat(aug, kvs, timestep_cond))
+        body = _Traceable(self, [len(ab) for ab in kvs], aug is not None)
+        args = (sample, timestep, context, *_flat(aug, kvs))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TracerWarnings on shape checks; jit's deprecation notice
@@ -628,11 +616,11 @@ class LeanUNet(nn.Module):
             return False
 
     def forward_cached(self, sample: Tensor, timestep: Tensor | float | int, context: Tensor, aug: Tensor | None,
-                       kvs: list[list[tuple[Tensor, Tensor]]], timestep_cond: Tensor | None = None) -> Tensor:
+                       kvs: list[list[tuple[Tensor, Tensor]]]) -> Tensor:
         """:meth:`forward` given :meth:`context_cache`'s ``aug`` and ``kvs`` for ``context``."""
         B = sample.shape[0]
         sample = sample.contiguous(memory_format=self.MEMORY_FORMAT)  # (B, C, H, W), stored channels last
-        emb = self._time(timestep, B, sample.dtype, sample.device, timestep_cond)
+        emb = self._time(timestep, B, sample.dtype, sample.device)
         if aug is not None:
             emb = emb + aug
         temb = F.silu(emb)  # every ResnetBlock2D applies its nonlinearity to emb first
@@ -670,26 +658,23 @@ class LeanUNet(nn.Module):
         return self.conv_out(F.silu(self.conv_norm_out(h))).contiguous()
 
 
-def _flat(aug: Tensor | None, kvs: list[list[tuple[Tensor, Tensor]]], timestep_cond: Tensor | None = None) -> list[Tensor]:
-    return ([aug] if aug is not None else []) + ([timestep_cond] if timestep_cond is not None else []) \
-        + [t for ab in kvs for kv in ab for t in kv]
+def _flat(aug: Tensor | None, kvs: list[list[tuple[Tensor, Tensor]]]) -> list[Tensor]:
+    return ([aug] if aug is not None else []) + [t for ab in kvs for kv in ab for t in kv]
 
 
 class _Traceable:
     """:meth:`LeanUNet.forward_cached` with ``aug`` and the keys and values as flat tensors (what tracing takes)."""
 
-    def __init__(self, unet: LeanUNet, blocks: list[int], has_aug: bool, has_cond: bool = False) -> None:
+    def __init__(self, unet: LeanUNet, blocks: list[int], has_aug: bool) -> None:
         self.unet = unet
         self.blocks = blocks
         self.has_aug = has_aug
-        self.has_cond = has_cond
 
     def __call__(self, sample: Tensor, timestep: Tensor, context: Tensor, *flat: Tensor) -> Tensor:
         it = iter(flat)
         aug = next(it) if self.has_aug else None
-        cond = next(it) if self.has_cond else None
         kvs = [[(next(it), next(it)) for _ in range(n)] for n in self.blocks]
-        return self.unet.forward_cached(sample, timestep, context, aug, kvs, cond)
+        return self.unet.forward_cached(sample, timestep, context, aug, kvs)
 
 
 # -- loading ------------------------------------------------------------------------------------------------------
