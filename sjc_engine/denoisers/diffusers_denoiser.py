@@ -11,9 +11,6 @@ One class covers three layouts (see :func:`sjc_engine.denoisers.loader.load_deno
 
 Every UNet is an epsilon (or v / sample) predictor of a VP schedule; :mod:`sjc_engine.denoisers.vpve` turns it
 into ``D(x, sigma)``. Classifier-free guidance ``eps_u + s (eps_c - eps_u)`` batches both branches in one call.
-A guidance-distilled UNet (``guidance_distilled`` in the model's ``sjc_model.json``, :mod:`training.distill`) gives
-the guided prediction at its scale ``s`` for a prompt in one call of one branch, and ``eps_u`` for the empty
-prompt; another scale ``w`` is ``eps_u + (w / s) (eps_s - eps_u)`` from its two branches.
 """
 
 from __future__ import annotations
@@ -101,9 +98,6 @@ class DiffusersDenoiser(Denoiser):
         self.image_size = int(size if isinstance(size, int) else size[0])
         self.scaling_factor = float(vae.config.scaling_factor) if vae is not None else 1.0
         self._prompt_cache: dict[str, Tensor] = {}
-        #: the guidance scale a guidance-distilled UNet's conditional branch gives (None: a plain UNet, scale 1);
-        #: the loader sets it from the model's ``sjc_model.json``
-        self.distilled_scale: float | None = None
 
     def _prepare(self, module: torch.nn.Module) -> torch.nn.Module:
         if any(p.dtype != self.dtype for p in module.parameters()):
@@ -172,12 +166,9 @@ class DiffusersDenoiser(Denoiser):
         if cond is None:
             raise ValueError("this model is text-conditioned: pass cond=denoiser.encode_prompt(prompt)")
         batch = cond.batch(x_in.shape[0])  # (B, L, D) each
-        side_by_side = x_in.device.type == "cpu" and workers() > torch.get_num_threads()
-        branch_scale = self.distilled_scale or 1.0  # what the conditional branch gives
-        if guidance_scale == branch_scale:  # one branch; on a CPU run with threads beyond torch's own, its halves
-            return self._halves(x_in, t, batch.cond) if side_by_side else self._unet(x_in, t, batch.cond)
-        guidance_scale = guidance_scale / branch_scale  # eps_u + (w / s) (eps_s - eps_u)
-        if side_by_side:
+        if guidance_scale == 1.0:
+            return self._unet(x_in, t, batch.cond)
+        if x_in.device.type == "cpu" and workers() > torch.get_num_threads():
             # threads the run has beyond torch's own (a small model's, sjc_engine/threads.py): the two branches
             # side by side, each a batch of B (torch's kernels release the GIL)
             outs: dict[str, Tensor] = {}
@@ -192,21 +183,6 @@ class DiffusersDenoiser(Denoiser):
             out = self._unet(torch.cat([x_in, x_in]), t, torch.cat([batch.uncond, batch.cond]))  # (2B, C, H, W)
             out_u, out_c = out.chunk(2)
         return out_u + guidance_scale * (out_c - out_u)
-
-    def _halves(self, x_in: Tensor, t: int, context: Tensor) -> Tensor:
-        """The UNet's prediction with the batch's two halves on two threads (torch's kernels release the GIL;
-        each image's prediction depends on that image alone)."""
-        if x_in.shape[0] < 2:
-            return self._unet(x_in, t, context)
-        half = (x_in.shape[0] + 1) // 2
-        parts: dict[int, Tensor] = {}
-
-        def part(i: int, sl: slice) -> None:
-            with torch.no_grad():
-                parts[i] = self._unet(x_in[sl], t, context[sl])
-
-        run_jobs([partial(part, 0, slice(0, half)), partial(part, 1, slice(half, None))])
-        return torch.cat([parts[0], parts[1]])
 
     @torch.no_grad()
     def denoise(self, x: Tensor, sigma: float, cond: Any = None, guidance_scale: float = 1.0) -> Tensor:

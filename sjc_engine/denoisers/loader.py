@@ -151,21 +151,6 @@ def _component_kwargs(folder: Path, root: Path, dtype: torch.dtype) -> dict[str,
 
 
 def _load_folder(folder: Path, device: torch.device | str, dtype: torch.dtype) -> DiffusersDenoiser:
-    den = _load_components(folder, device, dtype)
-    meta_path = folder / "sjc_model.json"
-    if meta_path.is_file():  # a guidance-distilled UNet: the scale its conditional branch gives
-        gd = _read_json(meta_path, folder).get("guidance_distilled")
-        if gd is not None:
-            scale = gd.get("scale") if isinstance(gd, dict) else None
-            if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 1.0 \
-                    or not den.is_text_conditioned:
-                raise ModelLoadError(meta_path, "guidance_distilled needs a text-conditioned UNet and a scale > 1",
-                                     root=folder, detail=f"guidance_distilled = {gd!r}")
-            den.distilled_scale = float(scale)
-    return den
-
-
-def _load_components(folder: Path, device: torch.device | str, dtype: torch.dtype) -> DiffusersDenoiser:
     unet_dir = folder / "unet" if (folder / "unet").is_dir() else folder
     unet_cfg = _read_json(unet_dir / "config.json", folder)
     class_name = unet_cfg.get("_class_name", "UNet2DConditionModel")
