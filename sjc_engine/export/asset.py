@@ -14,8 +14,9 @@
 
 A pixel field's renders and mesh show the same colours: its features averaged over the object's outer shell
 (:func:`~sjc_engine.export.colors.smoothed_features`), not the voxel-wide mottle the score leaves on them (the
-checkpoint keeps the features as optimised). The turntable renders on the calling thread, each frame encoded as soon as it is rendered; the mesh, then the
-thumbnail, are made meanwhile on one second thread (the files are the same as made one after the other).
+checkpoint keeps the features as optimised). The turntable renders on the calling thread, each frame encoded as
+soon as it is rendered; the mesh, then the thumbnail, are made meanwhile on one second thread (the files are the
+same as made one after the other).
 """
 
 from __future__ import annotations
@@ -124,14 +125,14 @@ def export_asset(
     want_poster = bool({"video", "previews"} & set(outputs))
     mesh_job = poster_job = None
     # a pixel field's colours, for the mesh and the renders alike: its features averaged over its outer shell
-    features = None if is_latent else smoothed_features(field, config.mesh_threshold)
+    features = smoothed_features(field, config.mesh_threshold) if (want_mesh or want_poster) and not is_latent else None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sjc-export") if want_mesh or want_poster else None
     try:
         if want_mesh:
             mesh_job = pool.submit(_export_mesh, field, config, out_dir, decode, features, size, tuple(mesh_formats))
         if want_poster or "video" in outputs:
             # the renders without marching through empty space: cropped to the object (half the mesh threshold,
-            # 3 voxels around it); faint haze and specks far from the object are left out; the mesh's colours
+            # 3 voxels around it), faint haze and specks far from the object left out, with the mesh's colours
             view = crop_to_content(field, min_density=0.5 * config.mesh_threshold, margin=3, features=features)
         if want_poster:
             poster_job = pool.submit(

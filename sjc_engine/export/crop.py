@@ -45,7 +45,8 @@ def crop_to_content(
     """
     n = field.grid_size
     if features is not None and features.shape != field.features.shape:
-        raise ValueError(f"features must have the field's shape {tuple(field.features.shape)}, got {tuple(features.shape)}")
+        raise ValueError(f"features must have the field's shape {tuple(field.features.shape)}, "
+                         f"got {tuple(features.shape)}")
     occ = (field.density_grid() > min_density).cpu().numpy()  # (N, N, N)
     if not occ.any():
         return field if features is None else _copy(field, 0, features)
