@@ -5,7 +5,7 @@ centres, wrapping around in azimuth and clamped at the poles. :func:`background_
 ``native/background.c`` on the CPU (one pass over the rays, forward and backward: the torch path's angles, padded
 texture copy and ``grid_sample`` cost about 0.6 ms of a 64^3 step of 1024 rays) and :func:`background_torch`
 elsewhere, or where the directions need a gradient; the two agree to float rounding
-(``tests/engine/test_field.py``).
+(``tests/engine/test_background.py``).
 """
 
 from __future__ import annotations
