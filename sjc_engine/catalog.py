@@ -9,12 +9,14 @@ A model folder may hold ``sjc_model.json`` with its metadata::
 
     {"name": "embedded", "kind": "pixel", "description": "...",
      "vocabulary": {"colors": [...], "shapes": [...]},
-     "defaults": {"render_size": 32, "grid_size": 64, ...}}   # SJCConfig settings it recommends
+     "defaults": {"render_size": 32, "grid_size": 64, ...},   # SJCConfig settings it recommends
+     "baked_light": {"direction": [0.35, 1.0, 0.45]}}          # the light its training images were shaded by
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,6 +56,9 @@ class ModelInfo:
         description: one line for ``GET /v1/models``.
         torch_threads: at most this many torch intra-op threads on a CPU (``torch_threads`` in
             ``sjc_model.json``; None: as many as the run has), see :mod:`sjc_engine.threads`.
+        baked_light: direction (world frame, +y up) towards the light that shaded the model's training images
+            (``baked_light.direction`` in ``sjc_model.json``; None: not known); the mesh export takes that
+            shading out of the mesh's colours (:mod:`sjc_engine.export.delight`).
     """
 
     name: str
@@ -63,6 +68,7 @@ class ModelInfo:
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     torch_threads: int | None = None
+    baked_light: tuple[float, float, float] | None = None
 
     def check_prompt(self, prompt: str) -> str:
         """Return the prompt as the model takes it, or raise :class:`PromptError` if it cannot draw it.
@@ -116,6 +122,7 @@ def _info_from_path(name: str, path: Path) -> ModelInfo:
             defaults={**_unet_size_defaults(path), **meta.get("defaults", {})},
             description=meta.get("description", ""),
             torch_threads=_positive_int(meta.get("torch_threads"), meta_path, "torch_threads"),
+            baked_light=_light_direction(meta.get("baked_light"), meta_path),
         )
     index = path / "model_index.json"
     if not index.is_file() and not (path / "config.json").is_file():
@@ -123,6 +130,20 @@ def _info_from_path(name: str, path: Path) -> ModelInfo:
     kind: Literal["latent", "pixel"] = "latent" if (path / "vae").is_dir() else "pixel"
     return ModelInfo(name=name, path=path, kind=kind, defaults=_unet_size_defaults(path),
                      description=f"diffusers model at {path}")
+
+
+def _light_direction(value: Any, path: Path) -> tuple[float, float, float] | None:
+    if value is None:
+        return None
+    d = value.get("direction") if isinstance(value, dict) else None
+    if (not isinstance(d, list) or len(d) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                           and math.isfinite(x) for x in d)
+            or not any(d)):
+        from sjc_engine.denoisers.errors import ModelLoadError
+
+        raise ModelLoadError(path, f'baked_light must be {{"direction": [x, y, z]}} (finite, not all 0), got {value!r}',
+                             root=path.parent)
+    return (float(d[0]), float(d[1]), float(d[2]))
 
 
 def _positive_int(value: Any, path: Path, key: str) -> int | None:

@@ -139,7 +139,7 @@ def generate(
 
         exported = export_asset(
             field, config, out_dir, decode=denoiser.decode, is_latent=bool(getattr(denoiser, "is_latent", False)),
-            outputs=outputs, mesh_formats=mesh_formats,
+            outputs=outputs, mesh_formats=mesh_formats, baked_light=getattr(denoiser, "baked_light", None),
         )
         files.update({_rel(path, out_dir): path for path in exported.files.values()})
         warnings.extend(exported.warnings)

@@ -24,7 +24,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from sjc_engine.cameras import view_prefix
 
-from .dataset import CAMERA, PALETTE
+from .dataset import CAMERA, LIGHT_DIR, PALETTE
 from .shapes import SHAPES
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
@@ -136,6 +136,8 @@ def default_meta(steps_trained: int = 0) -> dict[str, Any]:
         "torch_threads": 1,  # its operations are too small for a second torch thread to pay (sjc_engine/threads.py)
         "vocabulary": {"colors": list(PALETTE), "shapes": list(SHAPES)},
         "training": {"steps": steps_trained},
+        # the light the training renders are shaded by: the mesh export takes it out of the meshes' colours
+        "baked_light": {"direction": list(LIGHT_DIR)},
         "defaults": {
             # the camera distribution the training views were rendered from
             "render_size": 32,

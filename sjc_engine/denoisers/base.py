@@ -21,6 +21,8 @@ class Denoiser(abc.ABC):
         image_size: side of the images the model expects (64 for SD 1.x latents, 32 embedded).
         sigmas: ``(T,)`` VE noise level of each discrete timestep tick, ascending with t.
         is_latent: whether ``x`` lives in a VAE latent space (then :meth:`decode` runs the VAE).
+        baked_light: direction towards the light the model's training images were shaded by, when the model
+            declares one (``sjc_model.json``); the mesh export takes that shading out of its colours.
         device, dtype: where and in what precision the model runs.
     """
 
@@ -28,6 +30,7 @@ class Denoiser(abc.ABC):
     image_size: int
     sigmas: Tensor
     is_latent: bool = False
+    baked_light: tuple[float, float, float] | None = None
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
 

@@ -80,10 +80,12 @@ def load_denoiser(
     if dtype is None:
         dtype = torch.float16 if (half and dev.type == "cuda") else torch.float32
     try:
-        return load_from_path(info.path, device=dev, dtype=dtype)
+        denoiser = load_from_path(info.path, device=dev, dtype=dtype)
     except ModelLoadError as e:
         e.model = e.model or model
         raise
+    denoiser.baked_light = info.baked_light
+    return denoiser
 
 
 def load_from_path(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> DiffusersDenoiser:

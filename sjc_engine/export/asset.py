@@ -35,6 +35,7 @@ from sjc_engine.cameras import spherical_camera
 from sjc_engine.config import SJCConfig
 from sjc_engine.export.colors import pixel_decode, local_colors, projected_colors, color_views, smoothed_features
 from sjc_engine.export.crop import crop_to_content
+from sjc_engine.export.delight import delit
 from sjc_engine.export.formats import MESH_FORMATS
 from sjc_engine.field import VoxelField
 
@@ -94,6 +95,7 @@ def export_asset(
     is_latent: bool = False,
     outputs: Collection[str] = ("video", "mesh", "previews"),
     mesh_formats: Collection[str] = MESH_FORMATS,
+    baked_light: tuple[float, float, float] | None = None,
 ) -> ExportResult:
     """Write the turntable, the thumbnail and the mesh files of a fitted ``field`` into ``out_dir``.
 
@@ -106,6 +108,9 @@ def export_asset(
         is_latent: the features are VAE latents (mesh colours then come from decoded, depth-tested views).
         outputs: which of ``"video"``, ``"mesh"``, ``"previews"`` were asked for (others are ignored here).
         mesh_formats: which of :data:`MESH_FORMATS`.
+        baked_light: direction towards the light the model's training images were shaded by (the denoiser's
+            ``baked_light``): the mesh's colours have that shading taken out (:mod:`sjc_engine.export.delight`),
+            the renders keep it. Default None: the mesh's colours as the field shows them.
     """
     decode = decode or pixel_decode
     out_dir = Path(out_dir)
@@ -129,7 +134,8 @@ def export_asset(
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sjc-export") if want_mesh or want_poster else None
     try:
         if want_mesh:
-            mesh_job = pool.submit(_export_mesh, field, config, out_dir, decode, features, size, tuple(mesh_formats))
+            mesh_job = pool.submit(_export_mesh, field, config, out_dir, decode, features, size, tuple(mesh_formats),
+                                   baked_light)
         if want_poster or "video" in outputs:
             # the renders without marching through empty space: cropped to the object (half the mesh threshold,
             # 3 voxels around it), faint haze and specks far from the object left out, with the mesh's colours
@@ -170,18 +176,18 @@ def export_asset(
 @torch.no_grad()
 def _export_mesh(
     field: VoxelField, config: SJCConfig, out_dir: Path, decode: Decode, features: Tensor | None, size: int,
-    mesh_formats: tuple[str, ...],
+    mesh_formats: tuple[str, ...], baked_light: tuple[float, float, float] | None = None,
 ) -> tuple[dict[str, Path], str | None]:
     """Step 3 of :func:`export_asset`: surface, colours, texture, files; ``(files, None)``, or ``({}, warning)``
     for a field with no surface. ``features``: a pixel field's smoothed features (vertex and texture colours come
-    from them), None for a latent field (colours from decoded views)."""
+    from them), None for a latent field (colours from decoded views). ``baked_light``: see :func:`export_asset`."""
     from sjc_engine.export.mesh import EmptyMeshError, extract_mesh, save_mesh
 
     is_latent = features is None
     try:
         mesh = extract_mesh(
             field, config.mesh_threshold, decode, is_latent, target_faces=config.target_faces, size=size,
-            views=COLOR_VIEWS, features=features,
+            views=COLOR_VIEWS, features=features, baked_light=baked_light,
         )
     except EmptyMeshError as e:  # an empty (or full) field: keep the other results, say why
         return {}, f"mesh skipped: {e}"
@@ -190,4 +196,6 @@ def _export_mesh(
         color_fn = lambda p, n: projected_colors(field, p, n, decode, cams)  # noqa: E731
     else:
         color_fn = lambda p, n: local_colors(field, p, n, decode, features=features)  # noqa: E731
+        if "shading" in mesh.metadata:  # the texels lose the training light as the vertex colours did
+            color_fn = delit(color_fn, mesh.metadata["shading"])
     return save_mesh(mesh, out_dir, formats=mesh_formats, color_fn=color_fn, texture_size=config.texture_size), None

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from sjc_engine.cavities import fill_holes, large_pieces
 from sjc_engine.export.colors import Decode, smoothed_features, surface_colors
+from sjc_engine.export.delight import fit_shading, remove_shading
 from sjc_engine.export.formats import MESH_FORMATS
 from sjc_engine.export.surface import BLUR, EmptyMeshError, extract_surface
 from sjc_engine.export.texture import ColorFn, bake_texture, unwrap
@@ -50,6 +51,7 @@ def extract_mesh(
     size: int = 64,
     blur: float = BLUR,
     features: Tensor | None = None,
+    baked_light: tuple[float, float, float] | None = None,
 ) -> trimesh.Trimesh:
     """The field's clean surface (see :func:`~sjc_engine.export.surface.extract_surface`) with sRGB vertex colours.
 
@@ -62,6 +64,10 @@ def extract_mesh(
         views, size: renderings (and their size before decoding) used for latent fields' colours.
         features: raw features a pixel field's colours are taken from (default None:
             :func:`~sjc_engine.export.colors.smoothed_features` at ``threshold``, computed here).
+        baked_light: direction towards the light the model's training images were shaded by (a pixel model's
+            ``sjc_model.json``, ``"baked_light"``); the shading fitted along it is taken out of the colours
+            (:mod:`~sjc_engine.export.delight`) and kept as ``mesh.metadata["shading"]`` for the texture.
+            Default None: the colours as the field shows them.
 
     Raises:
         EmptyMeshError: when the density does not cross ``threshold``.
@@ -71,6 +77,10 @@ def extract_mesh(
         features = smoothed_features(field, threshold)
     colors = surface_colors(field, mesh.vertices, mesh.vertex_normals, decode, is_latent, views, size,
                             features=features)
+    if baked_light is not None and not is_latent:
+        shading = fit_shading(colors, mesh.vertex_normals, baked_light)
+        colors = remove_shading(colors, mesh.vertex_normals, shading)
+        mesh.metadata["shading"] = shading
     rgba = np.concatenate([colors, np.ones_like(colors[:, :1])], axis=1)
     mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=(rgba * 255 + 0.5).astype(np.uint8))
     return mesh
