@@ -13,8 +13,8 @@ up, pointing towards the light), and the mesh's colours have that shading divide
    learnt little shading gets a small ``diffuse`` and keeps its colours; one brighter away from the light (a
    negative fit) is left alone.
 2. :func:`remove_shading`: each colour times ``(ambient + diffuse) / (ambient + diffuse * max(0, n . l))``, at
-   most :data:`MAX_GAIN`: a surface facing the light keeps its colour (as the training's albedo shows there),
-   the others are brought up to it.
+   most :data:`MAX_GAIN` and at most until its largest channel reaches 1 (so it keeps its hue): a surface facing
+   the light keeps its colour (as the training's albedo shows there), the others are brought up to it.
 
 Only the fitted part goes, and only for models that declare their light (Stable Diffusion's lighting is the
 image's own, with no one direction, so latent models keep their colours).
@@ -83,9 +83,13 @@ def fit_shading(colors: np.ndarray, normals: np.ndarray, direction: tuple[float,
 
 
 def remove_shading(colors: np.ndarray, normals: np.ndarray, shading: Shading) -> np.ndarray:
-    """``colors`` (P, 3) in [0, 1] with ``shading`` divided out at ``normals`` (P, 3), clipped to [0, 1]."""
-    out = np.asarray(colors, dtype=np.float32) * shading.gain(np.asarray(normals, dtype=np.float64))[:, None]
-    return np.clip(out, 0.0, 1.0)
+    """``colors`` (P, 3) in [0, 1] with ``shading`` divided out at ``normals`` (P, 3). A colour is brightened only
+    until its largest channel reaches 1, so that it keeps its hue (clipping one channel would turn a purple
+    magenta and an orange yellow)."""
+    c = np.clip(np.asarray(colors, dtype=np.float32), 0.0, 1.0)  # (P, 3)
+    gain = shading.gain(np.asarray(normals, dtype=np.float64))  # (P,)
+    gain = np.minimum(gain, 1.0 / np.maximum(c.max(1), 1e-6))  # at most up to white's brightness, hue kept
+    return np.clip(c * np.maximum(gain, 1.0)[:, None], 0.0, 1.0)
 
 
 def delit(color_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], shading: Shading

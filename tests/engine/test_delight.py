@@ -61,8 +61,12 @@ def test_gain_is_capped_and_colours_stay_in_range() -> None:
     g = s.gain(n)
     assert g.max() == pytest.approx(MAX_GAIN, rel=1e-5)
     assert g.min() == pytest.approx(1.0, abs=0.02)
-    bright = remove_shading(np.full((len(n), 3), 0.9), n, Shading(unit_direction(LIGHT), 0.2, 0.8))
-    assert bright.max() <= 1.0
+    # brightening stops where a channel reaches 1: the hue stays (a purple does not turn magenta)
+    purple = np.tile([0.39, 0.11, 0.53], (len(n), 1))
+    out = remove_shading(purple, n, Shading(unit_direction(LIGHT), 0.1, 0.9))
+    assert out.max() <= 1.0 + 1e-6 and out.max(1).min() >= 0.53
+    np.testing.assert_allclose(out / out[:, 2:3], purple / purple[:, 2:3], rtol=1e-5)
+    assert np.isclose(out[:, 2], 1.0).mean() > 0.3  # the unlit side went as far as it could
 
 
 def test_direction_and_shape_errors() -> None:
