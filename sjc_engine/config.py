@@ -86,6 +86,10 @@ class SJCConfig:
         smooth_weight: weight of the smoothness loss on the raw density (the mean squared difference of
             neighbouring voxels, summed over the three axes; :func:`sjc_engine.losses.smoothness_loss`); 0 disables
             it (reference: off).
+        color_smooth_weight: weight of the same smoothness loss on the raw features (for pixel models, the
+            colours), each difference weighted by the less occupied of its two nodes (activated density over
+            ``mesh_threshold``, at most 1), so the object's colours are evened out and empty space's left alone:
+            the score leaves them mottled a voxel or two wide; 0 disables it (reference: off).
         preview_every: steps between preview images passed to callbacks (0: never).
         checkpoint_every: steps between checkpoint callbacks (0: never).
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
@@ -135,6 +139,7 @@ class SJCConfig:
     emptiness_step: float = 0.5
     center_depth_weight: float = 0.0
     smooth_weight: float = 0.0
+    color_smooth_weight: float = 0.0
     preview_every: int = 100
     checkpoint_every: int = 500
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -173,6 +178,7 @@ class SJCConfig:
             ("emptiness_scale", self.emptiness_scale > 0),
             ("emptiness_step", 0 <= self.emptiness_step <= 1),
             ("smooth_weight", self.smooth_weight >= 0),
+            ("color_smooth_weight", self.color_smooth_weight >= 0),
             ("video_frames", self.video_frames >= 1),
             ("display_size", 16 <= self.display_size <= 2048),
             ("target_faces", 100 <= self.target_faces <= 2_000_000),

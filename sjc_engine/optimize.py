@@ -10,7 +10,8 @@ Per step (pals-ttic/sjc ``run_sjc.py``, with callbacks, checkpoints and exact re
 3. pick sigma (random over the trimmed ticks, or annealed) and compute the PAAS gradient on ``y`` (every view
    and noise sample in one denoiser call);
 4. backward ``-grad / V`` through the renderer (a vector-Jacobian product) together with the emptiness and
-   center-depth losses (means over the views) and the density's smoothness loss, then one Adamax step
+   center-depth losses (means over the views) and the smoothness losses of the density and of the features
+   (the colours, for pixel models), then one Adamax step
    (:class:`~sjc_engine.native.adamax.FusedAdamax`: torch's Adamax, bit for bit, with a one-pass C step on the CPU
    grids);
 5. over the first ``config.blob_decay`` of the run, take an equal part of the starting blob
@@ -258,13 +259,18 @@ def run_sjc(
         w_e = emptiness_weight(step, total, config.emptiness_weight, config.emptiness_multiplier, config.emptiness_step)
         l_empty = torch.stack([out.emptiness for out in outs]).mean()  # emptiness_loss of each view's weights
         reg = w_e * l_empty
-        l_depth = l_smooth = None
+        l_depth = l_smooth = l_color = None
         if config.center_depth_weight > 0:
             l_depth = torch.stack([center_depth_loss(out.depth) for out in outs]).mean()
             reg = reg + config.center_depth_weight * l_depth
         if config.smooth_weight > 0:
             l_smooth = smoothness_loss(field.density)
             reg = reg + config.smooth_weight * l_smooth
+        if config.color_smooth_weight > 0:  # the object's colours' voxel-wide mottle, empty space left out
+            with torch.no_grad():
+                occupied = (field.density_grid() / config.mesh_threshold).clamp_(max=1.0)  # (N, N, N) in [0, 1]
+            l_color = smoothness_loss(field.features, weight=occupied)
+            reg = reg + config.color_smooth_weight * l_color
         # the score enters as the vector-Jacobian product y.backward(-grad / V) (the mean over the views; exact
         # for V = 1), written as the scalar sum(y * (-grad / V)) whose gradient in y is exactly that (1 * g), in
         # one pass with the regularisers (autograd.backward with explicit gradients imports sympy: ~1 s)
@@ -287,6 +293,8 @@ def run_sjc(
             losses["center_depth"] = float(l_depth.detach())
         if l_smooth is not None:
             losses["smoothness"] = float(l_smooth.detach())
+        if l_color is not None:
+            losses["color_smoothness"] = float(l_color.detach())
         preview = None
         if config.preview_every > 0 and (done % config.preview_every == 0 or done == total):
             preview = preview_image(field, denoiser, config)

@@ -43,7 +43,7 @@ def kernel(name: str, dtype: torch.dtype) -> Any:
 
     Args:
         name: the kernel's name without its type suffix: ``march_fwd``, ``march_bwd``, ``march_order``,
-            ``ray_setup``, ``tri_fwd``, ``tri_bwd``, ``comp_fwd``, ``comp_bwd``, ``adamax``, ``smooth_fwd``,
+            ``ray_setup``, ``tri_fwd``, ``tri_bwd``, ``comp_fwd``, ``comp_bwd``, ``adamax``, ``smooth_fwd``, ``wsmooth_fwd``,
             ``bg_fwd``, ``bg_bwd``.
         dtype: torch.float32 or torch.float64.
     """

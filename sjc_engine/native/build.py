@@ -72,6 +72,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"ray_setup_{suf}").restype = i64
         getattr(lib, f"smooth_fwd_{suf}").argtypes = [vp, i64, i64, i64, i64, vp]
         getattr(lib, f"smooth_fwd_{suf}").restype = ctypes.c_double
+        getattr(lib, f"wsmooth_fwd_{suf}").argtypes = [vp, vp, i64, i64, i64, i64, vp]
+        getattr(lib, f"wsmooth_fwd_{suf}").restype = ctypes.c_double
         getattr(lib, f"bg_fwd_{suf}").argtypes = [vp, i64, vp, i64, i64, i64, vp]
         getattr(lib, f"bg_bwd_{suf}").argtypes = [vp, i64, i64, i64, i64, vp, vp, vp]
         for name in ("tri_fwd", "tri_bwd", "comp_fwd", "comp_bwd", "adamax", "march_fwd", "bg_fwd", "bg_bwd"):

@@ -11,6 +11,7 @@
 #define FN_CAT(a, b) a##_##b
 #define FN_(a, b) FN_CAT(a, b)
 #define FN(name) FN_(name, SUF)
+#define SJC_MIN(a, b) ((a) < (b) ? (a) : (b))
 
 #define T float
 #define SUF f32
@@ -74,6 +75,61 @@ double FN(smooth_fwd)(const T* g, int64_t B, int64_t n, int64_t i0, int64_t i1, 
             }
     }
     return total * (double)c / 2; /* each axis has the same count of differences */
+}
+
+/* The same with each difference weighted by the smaller of its two nodes' weights w (n, n, n), shared by the B
+   grids: returns sum over the axes of mean(min(w[i], w[i+1]) (g[i+1] - g[i])^2) and writes its gradient,
+   grad[x] = c sum over x's neighbours of min(w[x], w[nb]) (x - nb). The same slabs [i0, i1) as smooth_fwd.
+   Each row is done axis by axis in loops without branches (they vectorise); a row's weighted differences along
+   its own axis go through a buffer, the squares into per-column sums added up once per row. */
+double FN(wsmooth_fwd)(const T* g, const T* w, int64_t B, int64_t n, int64_t i0, int64_t i1, T* grad) {
+    const int64_t nn = n * n;
+    const T c = (T)(2.0 / ((double)B * (double)(n - 1) * (double)nn));
+    double total = 0;
+    T ez[n], sq[n];
+    for (int64_t b = 0; b < B; ++b) {
+        const T* gb = g + b * nn * n;
+        T* ob = grad + b * nn * n;
+        for (int64_t i = i0; i < i1; ++i)
+            for (int64_t j = 0; j < n; ++j) {
+                const int64_t at = (i * n + j) * n;
+                const T* row = gb + at;
+                const T* wr = w + at;
+                T* out = ob + at;
+                for (int64_t k = 0; k < n - 1; ++k) { /* along the row: to the next node */
+                    const T d = row[k + 1] - row[k];
+                    ez[k] = SJC_MIN(wr[k], wr[k + 1]) * d;
+                    sq[k] = ez[k] * d;
+                }
+                ez[n - 1] = 0;
+                sq[n - 1] = 0;
+                out[0] = -ez[0];
+                for (int64_t k = 1; k < n; ++k) out[k] = ez[k - 1] - ez[k];
+                if (i < n - 1) /* to the next slab */
+                    for (int64_t k = 0; k < n; ++k) {
+                        const T d = row[k + nn] - row[k], e = SJC_MIN(wr[k], wr[k + nn]) * d;
+                        out[k] -= e;
+                        sq[k] += e * d;
+                    }
+                if (i > 0)
+                    for (int64_t k = 0; k < n; ++k) out[k] += SJC_MIN(wr[k], wr[k - nn]) * (row[k] - row[k - nn]);
+                if (j < n - 1) /* to the next row */
+                    for (int64_t k = 0; k < n; ++k) {
+                        const T d = row[k + n] - row[k], e = SJC_MIN(wr[k], wr[k + n]) * d;
+                        out[k] -= e;
+                        sq[k] += e * d;
+                    }
+                if (j > 0)
+                    for (int64_t k = 0; k < n; ++k) out[k] += SJC_MIN(wr[k], wr[k - n]) * (row[k] - row[k - n]);
+                double s = 0;
+                for (int64_t k = 0; k < n; ++k) {
+                    out[k] *= c;
+                    s += (double)sq[k];
+                }
+                total += s;
+            }
+    }
+    return total * (double)c / 2;
 }
 
 #endif

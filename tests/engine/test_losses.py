@@ -79,6 +79,47 @@ def test_smoothness_kernel_equals_the_torch_ops(threads: int) -> None:
     torch.testing.assert_close(g.grad, want_grad, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weighted_smoothness_kernel_equals_the_torch_ops(threads: int, dtype: torch.dtype) -> None:
+    """With a weight grid, each difference weighs as the smaller of its two nodes' weights: the C kernel against
+    torch ops written out here, value and gradient, no gradient into the weights; weights of one give the plain
+    loss, weights of zero nothing."""
+    from sjc_engine import parallel
+    from sjc_engine.losses import smoothness_loss
+    from sjc_engine.native import native_lib
+
+    if native_lib() is None:
+        pytest.skip("C kernels not built")
+    gen = torch.Generator().manual_seed(1)
+    g = torch.randn(3, 9, 9, 9, generator=gen, dtype=dtype, requires_grad=True)
+    w = torch.rand(9, 9, 9, generator=gen, dtype=dtype)
+    w[:4] = 0.0  # an empty half: its differences do not count
+    want = 0
+    for axis in (1, 2, 3):
+        a = w.narrow(axis - 1, 0, 8)
+        b = w.narrow(axis - 1, 1, 8)
+        want = want + (g.diff(dim=axis).square() * torch.minimum(a, b)[None]).mean()
+    want.backward()
+    want_grad, g.grad = g.grad, None
+    before = parallel._WORKERS
+    parallel.set_workers(threads)
+    try:
+        got = smoothness_loss(g, weight=w)
+        got.backward()
+    finally:
+        parallel.set_workers(before)
+    tol = dict(rtol=1e-5, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got, want.detach(), **tol)
+    torch.testing.assert_close(g.grad, want_grad, **tol)
+    assert float(g.grad[:, :3].abs().max()) == 0.0  # nodes whose every neighbour pair has an empty end
+    with torch.no_grad():
+        torch.testing.assert_close(smoothness_loss(g, weight=torch.ones_like(w)), smoothness_loss(g), **tol)
+        assert float(smoothness_loss(g, weight=torch.zeros_like(w))) == 0.0
+    with pytest.raises(ValueError, match="weight must be"):
+        smoothness_loss(g, weight=w[:8])
+
+
 def test_center_depth_checks_shape():
     with pytest.raises(ValueError):
         center_depth_loss(torch.zeros(1, 8, 8))
@@ -132,6 +173,33 @@ def test_smooth_weight_reaches_the_loop_and_is_validated():
     assert float(smoothness_loss(smooth)) < float(smoothness_loss(rough))
 
 
+def test_color_smooth_weight_evens_the_features_and_is_validated():
+    from sjc_engine.callbacks import Callbacks
+    from sjc_engine.config import ConfigError, SJCConfig
+    from sjc_engine.denoisers.gaussian import GaussianDenoiser
+    from sjc_engine.losses import smoothness_loss
+    from sjc_engine.optimize import run_sjc
+
+    with pytest.raises(ConfigError) as err:
+        SJCConfig(prompt="x", color_smooth_weight=-1.0)
+    assert err.value.field == "color_smooth_weight"
+    reports = []
+
+    class Rec(Callbacks):
+        def on_step(self, report):
+            reports.append(report)
+
+    den = GaussianDenoiser(torch.full((3, 12, 12), 0.5), var=0.01)
+    base = dict(prompt="a red cube", steps=6, grid_size=10, render_size=12, sigma_min=0.05, sigma_max=2.0, preview_every=0,
+                checkpoint_every=0, device="cpu", blob_density=6.0)
+    plain = run_sjc(SJCConfig(**base), den).field
+    even = run_sjc(SJCConfig(**base, color_smooth_weight=1e3), den, Rec()).field
+    assert "color_smoothness" in reports[-1].losses and "smoothness" not in reports[-1].losses
+    assert float(smoothness_loss(even.features.detach())) < 0.75 * float(smoothness_loss(plain.features.detach()))
+    # the density is not the loss's business: it moves only through what the changed colours do to the renders
+    assert float(smoothness_loss(even.density.detach())) == pytest.approx(float(smoothness_loss(plain.density.detach())), rel=0.3)
+
+
 def _torch_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the smoothness loss take its torch ops (as on a GPU or without the C kernels)."""
     from sjc_engine import losses
@@ -165,3 +233,21 @@ def test_smoothness_kernel_agrees_with_the_torch_ops(dtype: torch.dtype, monkeyp
         assert a.dtype == b.dtype and a.shape == b.shape
         torch.testing.assert_close(a, b, **tol)
     assert float(native[0]) > 0 and float(native[1].abs().max()) > 0
+
+
+def test_weighted_smoothness_torch_path_matches_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sjc_engine.losses import smoothness_loss
+
+    if native_lib() is None:
+        pytest.skip("C kernels not built")
+    gen = torch.Generator().manual_seed(2)
+    g = torch.randn(3, 7, 7, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(7, 7, 7, generator=gen, dtype=torch.float64)
+    native = smoothness_loss(g, weight=w)
+    (native_grad,) = torch.autograd.grad(native, g)
+    _torch_paths(monkeypatch)
+    ref = smoothness_loss(g, weight=w)
+    (ref_grad,) = torch.autograd.grad(ref, g)
+    torch.testing.assert_close(native, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(native_grad, ref_grad, rtol=1e-10, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda x: smoothness_loss(x, weight=w), (g,))
