@@ -5,7 +5,10 @@ given as ``key=value`` (any :class:`~sjc_engine.config.SJCConfig` field; ``model
 scores the field: IoU at the mesh threshold against every analytic shape (best of 24 yaw angles), whether the
 prompt's shape is the best match, the IoU of the solid the mesh export takes, for a torus whether the hole is
 open (``training.metrics.field_scores``; no occupied node in a 5 x 5 column of
-nodes through the centre), and the colour as ``bench_quality.py`` judges it. Faster than the full bench (no
+nodes through the centre), the colour as ``bench_quality.py`` judges it, and how mottled the mesh export's
+colours are (``mottle``: the spread of the vertex colours' brightness over their mean, ``chroma_sd``: their
+standard deviation around the mean colour; the mesh as the export makes it, 10,000 faces, the model's training
+light taken out where it declares one). Faster than the full bench (no
 mesh, video or texture), so settings and weights can be compared side by side on a busy machine.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_sjc_ab.py out.json steps=400
@@ -64,6 +67,23 @@ def parse_overrides(items: list[str]) -> tuple[str, list[int], list[tuple[str, s
     return model, seeds, prompts, kw
 
 
+def mottle(field, cfg, den) -> dict:
+    """How uneven the exported mesh's colours are: ``mottle`` (brightness spread / mean of the vertex colours) and
+    ``chroma_sd`` (their standard deviation around the mean colour); None for a field with no surface."""
+    import numpy as np
+
+    from sjc_engine.export.mesh import EmptyMeshError, extract_mesh
+
+    try:
+        mesh = extract_mesh(field, cfg.mesh_threshold, None, den.is_latent, target_faces=cfg.target_faces,
+                            baked_light=den.baked_light)
+    except EmptyMeshError:
+        return {"mottle": None, "chroma_sd": None}
+    c = np.asarray(mesh.visual.vertex_colors)[:, :3] / 255.0  # (V, 3)
+    b = c.mean(1)
+    return {"mottle": round(float(b.std() / max(b.mean(), 1e-6)), 3), "chroma_sd": round(float((c - c.mean(0)).std()), 3)}
+
+
 def _count(flags) -> str:
     flags = list(flags)
     return f"{sum(map(bool, flags))}/{len(flags)}"
@@ -90,7 +110,8 @@ def main(argv: list[str]) -> None:
         rgb, _ = object_color(field, den.decode, cfg.cam_radius, cfg.test_fov_deg, cfg.render_size)
         row = {"prompt": f"a {color} {shape}", "seed": seed, "iou": round(fit["iou"], 3),
                "solid_iou": round(fit["solid_iou"], 3), "best": fit["best"],
-               "hole": fit["hole"], "color_ok": bool(rgb) and nearest_color(rgb, refs) == color, "sjc_s": round(wall, 1)}
+               "hole": fit["hole"], "color_ok": bool(rgb) and nearest_color(rgb, refs) == color, "sjc_s": round(wall, 1),
+               **mottle(field, cfg, den)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     ious = [r["iou"] for r in rows]
@@ -104,6 +125,8 @@ def main(argv: list[str]) -> None:
         "cubes_as_cubes": _count(r["best"] == "cube" for r in rows if r["prompt"].endswith("cube")),
         "tori_open": _count(r["hole"] for r in rows if r["hole"] is not None),
         "colours_ok": _count(r["color_ok"] for r in rows),
+        "median_mottle": statistics.median(r["mottle"] for r in rows if r["mottle"] is not None) if any(
+            r["mottle"] is not None for r in rows) else None,
     }
     print(json.dumps(summary))
     out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
