@@ -77,6 +77,21 @@ double FN(smooth_fwd)(const T* g, int64_t B, int64_t n, int64_t i0, int64_t i1, 
     return total * (double)c / 2; /* each axis has the same count of differences */
 }
 
+/* A row's weighted differences with the nodes `off` elements ahead (the next row or slab): out -= e, sq += e d
+   with d the difference and e = min of the two weights times d. */
+static inline void FN(wnext)(const T* row, const T* wr, int64_t off, int64_t n, T* out, T* sq) {
+    for (int64_t k = 0; k < n; ++k) {
+        const T d = row[k + off] - row[k], e = SJC_MIN(wr[k], wr[k + off]) * d;
+        out[k] -= e;
+        sq[k] += e * d;
+    }
+}
+
+/* ... and with the nodes `off` elements behind: out += e (their squares are counted from the other side). */
+static inline void FN(wprev)(const T* row, const T* wr, int64_t off, int64_t n, T* out) {
+    for (int64_t k = 0; k < n; ++k) out[k] += SJC_MIN(wr[k], wr[k - off]) * (row[k] - row[k - off]);
+}
+
 /* The same with each difference weighted by the smaller of its two nodes' weights w (n, n, n), shared by the B
    grids: returns sum over the axes of mean(min(w[i], w[i+1]) (g[i+1] - g[i])^2) and writes its gradient,
    grad[x] = c sum over x's neighbours of min(w[x], w[nb]) (x - nb). The same slabs [i0, i1) as smooth_fwd.
@@ -105,22 +120,10 @@ double FN(wsmooth_fwd)(const T* g, const T* w, int64_t B, int64_t n, int64_t i0,
                 sq[n - 1] = 0;
                 out[0] = -ez[0];
                 for (int64_t k = 1; k < n; ++k) out[k] = ez[k - 1] - ez[k];
-                if (i < n - 1) /* to the next slab */
-                    for (int64_t k = 0; k < n; ++k) {
-                        const T d = row[k + nn] - row[k], e = SJC_MIN(wr[k], wr[k + nn]) * d;
-                        out[k] -= e;
-                        sq[k] += e * d;
-                    }
-                if (i > 0)
-                    for (int64_t k = 0; k < n; ++k) out[k] += SJC_MIN(wr[k], wr[k - nn]) * (row[k] - row[k - nn]);
-                if (j < n - 1) /* to the next row */
-                    for (int64_t k = 0; k < n; ++k) {
-                        const T d = row[k + n] - row[k], e = SJC_MIN(wr[k], wr[k + n]) * d;
-                        out[k] -= e;
-                        sq[k] += e * d;
-                    }
-                if (j > 0)
-                    for (int64_t k = 0; k < n; ++k) out[k] += SJC_MIN(wr[k], wr[k - n]) * (row[k] - row[k - n]);
+                if (i < n - 1) FN(wnext)(row, wr, nn, n, out, sq); /* the next slab */
+                if (i > 0) FN(wprev)(row, wr, nn, n, out);
+                if (j < n - 1) FN(wnext)(row, wr, n, n, out, sq); /* the next row */
+                if (j > 0) FN(wprev)(row, wr, n, n, out);
                 double s = 0;
                 for (int64_t k = 0; k < n; ++k) {
                     out[k] *= c;

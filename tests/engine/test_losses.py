@@ -144,11 +144,28 @@ def test_smoothness_loss_values_and_gradient():
         smoothness_loss(torch.zeros(4, 4))
 
 
-def test_smooth_weight_reaches_the_loop_and_is_validated():
+def tiny_run(**overrides):
+    """Six SJC steps of a 10^3 field against a Gaussian denoiser: (field, step reports)."""
     from sjc_engine.callbacks import Callbacks
-    from sjc_engine.config import ConfigError, SJCConfig
+    from sjc_engine.config import SJCConfig
     from sjc_engine.denoisers.gaussian import GaussianDenoiser
     from sjc_engine.optimize import run_sjc
+
+    reports = []
+
+    class Rec(Callbacks):
+        def on_step(self, report):
+            reports.append(report)
+
+    den = GaussianDenoiser(torch.full((3, 12, 12), 0.5), var=0.01)
+    config = SJCConfig(prompt="a red cube", steps=6, grid_size=10, render_size=12, sigma_min=0.05, sigma_max=2.0,
+                       preview_every=0, checkpoint_every=0, device="cpu", blob_density=6.0, **overrides)
+    return run_sjc(config, den, Rec()).field, reports
+
+
+def test_smooth_weight_reaches_the_loop_and_is_validated():
+    from sjc_engine.config import ConfigError, SJCConfig
+    from sjc_engine.losses import smoothness_loss
 
     with pytest.raises(ConfigError) as err:
         SJCConfig(prompt="x", smooth_weight=-1.0)
@@ -156,44 +173,22 @@ def test_smooth_weight_reaches_the_loop_and_is_validated():
     with pytest.raises(ConfigError) as err:
         SJCConfig(prompt="x", emptiness_scale=0.0)  # the renderer makes log(1 + s w) with s > 0
     assert err.value.field == "emptiness_scale"
-    reports = []
-
-    class Rec(Callbacks):
-        def on_step(self, report):
-            reports.append(report)
-
-    den = GaussianDenoiser(torch.full((3, 12, 12), 0.5), var=0.01)
-    base = dict(prompt="a red cube", steps=6, grid_size=10, render_size=12, sigma_min=0.05, sigma_max=2.0, preview_every=0,
-                checkpoint_every=0, device="cpu", blob_density=6.0)
-    rough = run_sjc(SJCConfig(**base), den).field.density.detach()
-    smooth = run_sjc(SJCConfig(**base, smooth_weight=1e3), den, Rec()).field.density.detach()
+    rough = tiny_run()[0].density.detach()
+    field, reports = tiny_run(smooth_weight=1e3)
+    smooth = field.density.detach()
     assert "smoothness" in reports[-1].losses
-    from sjc_engine.losses import smoothness_loss
-
     assert float(smoothness_loss(smooth)) < float(smoothness_loss(rough))
 
 
 def test_color_smooth_weight_evens_the_features_and_is_validated():
-    from sjc_engine.callbacks import Callbacks
     from sjc_engine.config import ConfigError, SJCConfig
-    from sjc_engine.denoisers.gaussian import GaussianDenoiser
     from sjc_engine.losses import smoothness_loss
-    from sjc_engine.optimize import run_sjc
 
     with pytest.raises(ConfigError) as err:
         SJCConfig(prompt="x", color_smooth_weight=-1.0)
     assert err.value.field == "color_smooth_weight"
-    reports = []
-
-    class Rec(Callbacks):
-        def on_step(self, report):
-            reports.append(report)
-
-    den = GaussianDenoiser(torch.full((3, 12, 12), 0.5), var=0.01)
-    base = dict(prompt="a red cube", steps=6, grid_size=10, render_size=12, sigma_min=0.05, sigma_max=2.0, preview_every=0,
-                checkpoint_every=0, device="cpu", blob_density=6.0)
-    plain = run_sjc(SJCConfig(**base), den).field
-    even = run_sjc(SJCConfig(**base, color_smooth_weight=1e3), den, Rec()).field
+    plain = tiny_run()[0]
+    even, reports = tiny_run(color_smooth_weight=1e3)
     assert "color_smoothness" in reports[-1].losses and "smoothness" not in reports[-1].losses
     assert float(smoothness_loss(even.features.detach())) < 0.75 * float(smoothness_loss(plain.features.detach()))
     # the density is not the loss's business: it moves only through what the changed colours do to the renders
