@@ -125,8 +125,8 @@ def main(argv: list[str]) -> None:
         "cubes_as_cubes": _count(r["best"] == "cube" for r in rows if r["prompt"].endswith("cube")),
         "tori_open": _count(r["hole"] for r in rows if r["hole"] is not None),
         "colours_ok": _count(r["color_ok"] for r in rows),
-        "median_mottle": statistics.median(r["mottle"] for r in rows if r["mottle"] is not None) if any(
-            r["mottle"] is not None for r in rows) else None,
+        "median_mottle": statistics.median(mottles) if (mottles := [r["mottle"] for r in rows if r["mottle"] is not None])
+        else None,
     }
     print(json.dumps(summary))
     out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))

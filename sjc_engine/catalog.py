@@ -16,7 +16,6 @@ A model folder may hold ``sjc_model.json`` with its metadata::
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,8 +55,8 @@ class ModelInfo:
         description: one line for ``GET /v1/models``.
         torch_threads: at most this many torch intra-op threads on a CPU (``torch_threads`` in
             ``sjc_model.json``; None: as many as the run has), see :mod:`sjc_engine.threads`.
-        baked_light: direction (world frame, +y up) towards the light that shaded the model's training images
-            (``baked_light.direction`` in ``sjc_model.json``; None: not known); the mesh export takes that
+        baked_light: unit direction (world frame, +y up) towards the light that shaded the model's training
+            images (``baked_light.direction`` in ``sjc_model.json``; None: not known); the mesh export takes that
             shading out of the mesh's colours (:mod:`sjc_engine.export.delight`).
     """
 
@@ -133,17 +132,22 @@ def _info_from_path(name: str, path: Path) -> ModelInfo:
 
 
 def _light_direction(value: Any, path: Path) -> tuple[float, float, float] | None:
+    """``baked_light.direction`` as a unit vector (:func:`sjc_engine.export.delight.unit_direction`), None when
+    absent, :class:`ModelLoadError` naming ``path`` when malformed."""
     if value is None:
         return None
+    from sjc_engine.export.delight import unit_direction  # numpy only
+
     d = value.get("direction") if isinstance(value, dict) else None
-    if (not isinstance(d, list) or len(d) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                           and math.isfinite(x) for x in d)
-            or not any(d)):
+    try:
+        if not isinstance(d, list) or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in d):
+            raise ValueError("not a list of numbers")
+        return tuple(float(x) for x in unit_direction(d))  # type: ignore[return-value]
+    except ValueError:
         from sjc_engine.denoisers.errors import ModelLoadError
 
         raise ModelLoadError(path, f'baked_light must be {{"direction": [x, y, z]}} (finite, not all 0), got {value!r}',
-                             root=path.parent)
-    return (float(d[0]), float(d[1]), float(d[2]))
+                             root=path.parent) from None
 
 
 def _positive_int(value: Any, path: Path, key: str) -> int | None:

@@ -88,8 +88,8 @@ def remove_shading(colors: np.ndarray, normals: np.ndarray, shading: Shading) ->
     magenta and an orange yellow)."""
     c = np.clip(np.asarray(colors, dtype=np.float32), 0.0, 1.0)  # (P, 3)
     gain = shading.gain(np.asarray(normals, dtype=np.float64))  # (P,)
-    gain = np.minimum(gain, 1.0 / np.maximum(c.max(1), 1e-6))  # at most up to white's brightness, hue kept
-    return np.clip(c * np.maximum(gain, 1.0)[:, None], 0.0, 1.0)
+    gain = np.minimum(gain, 1.0 / np.maximum(c.max(1), 1e-6))  # >= 1; stops where a channel reaches 1, hue kept
+    return np.clip(c * gain[:, None], 0.0, 1.0)  # the clip only for rounding
 
 
 def delit(color_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], shading: Shading

@@ -133,7 +133,7 @@ def test_the_embedded_model_declares_the_training_light() -> None:
     from training.dataset import LIGHT_DIR
 
     info = resolve_model("embedded")
-    assert info.baked_light == tuple(float(x) for x in LIGHT_DIR)
+    np.testing.assert_allclose(info.baked_light, unit_direction(LIGHT_DIR))
     assert json.loads((EMBEDDED_DIR / "sjc_model.json").read_text())["baked_light"]["direction"] == list(LIGHT_DIR)
 
 
